@@ -1,0 +1,473 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The hot loops of pytcpecho, in C, with the GIL released for a whole connection.
+
+Every loop here runs inside one ``with nogil:`` block from its first recv()
+to its last send(): a Python thread serving a client never competes for the
+GIL while bytes flow, so clients on other threads keep their speed and other
+Python code in the process keeps running.  The GIL is taken back only to
+check signals after EINTR, to raise an error, and, if the caller asks for it,
+to report a finished message.
+
+Timeouts are the socket's SO_RCVTIMEO/SO_SNDTIMEO (set by the caller on a
+blocking fd) or poll()'s timeout; an expired one is raised as TimeoutError.
+"""
+
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memcmp, strerror
+from cpython.exc cimport PyErr_CheckSignals
+
+from _sys cimport (
+    recv, send, shutdown, poll, pollfd, clock_gettime, clock_nanosleep, timespec,
+    MSG_NOSIGNAL, MSG_DONTWAIT, MSG_PEEK, SHUT_WR, POLLIN, POLLOUT,
+    CLOCK_MONOTONIC, TIMER_ABSTIME, errno, EINTR, EAGAIN, ETIMEDOUT,
+)
+
+NAME = "cython"
+
+# Shared with pytcpecho.pattern and pytcpecho.histogram: keep in step.
+DEF BLOCK_SHIFT = 16
+DEF BLOCK = 1 << BLOCK_SHIFT
+DEF HEADER = 8
+DEF SUB_BITS = 6
+DEF SUB = 1 << SUB_BITS
+DEF NBUCKETS = SUB * 40
+DEF CHUNK = 256 * 1024
+
+HISTOGRAM_BUCKETS = NBUCKETS
+
+
+# -- errors -----------------------------------------------------------------
+
+cdef int raise_errno(int err) except -1 with gil:
+    """Raise the OSError subclass for errno ``err``; an expired socket timeout
+    (EAGAIN on a blocking fd) becomes TimeoutError."""
+    if err == EAGAIN or err == ETIMEDOUT:
+        raise TimeoutError(ETIMEDOUT, "timed out")
+    raise OSError(err, strerror(err).decode("utf-8", "replace"))
+
+
+cdef int check_signals() except -1 with gil:
+    """After EINTR: run Python signal handlers (they may raise), then retry."""
+    PyErr_CheckSignals()
+    return 0
+
+
+cdef inline long long now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef int send_all(int fd, const char *p, size_t n) except -1 nogil:
+    """send() until all n bytes are gone; MSG_NOSIGNAL so a gone peer is EPIPE."""
+    cdef ssize_t r
+    while n > 0:
+        r = send(fd, p, n, MSG_NOSIGNAL)
+        if r >= 0:
+            p += r
+            n -= r
+        elif errno == EINTR:
+            check_signals()
+        else:
+            raise_errno(errno)
+    return 0
+
+
+# -- the payload pattern --------------------------------------------------------
+
+cdef inline void pattern_fill(const unsigned char *base, unsigned char *dst,
+                              long long off, size_t n) noexcept nogil:
+    """Write stream bytes [off, off+n): the seed's block, with each block's
+    first 8 bytes xored with the block number, so a lost or repeated block
+    never looks right."""
+    cdef size_t j, m, i
+    cdef unsigned long long k
+    while n > 0:
+        j = off & (BLOCK - 1)
+        k = <unsigned long long>(off >> BLOCK_SHIFT)
+        m = BLOCK - j
+        if m > n:
+            m = n
+        memcpy(dst, base + j, m)
+        i = j
+        while i < HEADER and i < j + m:
+            dst[i - j] ^= <unsigned char>((k >> (8 * i)) & 0xff)
+            i += 1
+        dst += m
+        off += m
+        n -= m
+
+
+cdef inline long long pattern_mismatch(const unsigned char *base, const unsigned char *src,
+                                       long long off, size_t n) noexcept nogil:
+    """Index in src of the first byte that differs from the pattern, or -1."""
+    cdef size_t pos = 0, j, m, i, b
+    cdef unsigned long long k
+    cdef unsigned char want
+    while pos < n:
+        j = (off + pos) & (BLOCK - 1)
+        k = <unsigned long long>((off + pos) >> BLOCK_SHIFT)
+        m = BLOCK - j
+        if m > n - pos:
+            m = n - pos
+        i = j
+        while i < HEADER and i < j + m:
+            want = base[i] ^ <unsigned char>((k >> (8 * i)) & 0xff)
+            if src[pos + i - j] != want:
+                return pos + i - j
+            i += 1
+        if i < j + m and memcmp(src + pos + (i - j), base + i, j + m - i) != 0:
+            b = i
+            while src[pos + b - j] == base[b]:
+                b += 1
+            return pos + b - j
+        pos += m
+    return -1
+
+
+cdef inline int bucket_of(long long v) noexcept nogil:
+    """Log-linear histogram bucket: exact below 128 ns, then 64 per octave."""
+    cdef int e = 0
+    if v < 0:
+        v = 0
+    if v < 2 * SUB:
+        return <int>v
+    while (v >> e) >= 2 * SUB:
+        e += 1
+    cdef int idx = SUB * e + <int>(v >> e)
+    return idx if idx < NBUCKETS else NBUCKETS - 1
+
+
+# -- server ------------------------------------------------------------------
+
+cdef class EchoSession:
+    """One server connection: recv into a preallocated buffer, send it back.
+
+    mode "stream" echoes whatever arrives (RFC 862); mode "message" reads
+    exactly ``size`` bytes, sends them back, and repeats (the seed's protocol).
+    ``run()`` returns "eof" when the client closed, "limit" when it sent more
+    than ``max_bytes``; errors raise OSError.  The counters are plain C fields,
+    readable from Python while the loop runs.
+    """
+
+    cdef int fd
+    cdef bint message_mode
+    cdef char *buf
+    cdef size_t bufsize
+    cdef long long max_bytes
+    cdef object on_message
+    cdef readonly long long bytes_in
+    cdef readonly long long bytes_out
+    cdef readonly long long messages
+
+    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=102400,
+                  long long max_bytes=0, object on_message=None, Py_ssize_t bufsize=CHUNK):
+        if mode not in ("stream", "message"):
+            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if size <= 0 or bufsize <= 0:
+            raise ValueError("size and bufsize must be positive")
+        self.fd = fd
+        self.message_mode = mode == "message"
+        self.bufsize = size if self.message_mode else bufsize
+        self.max_bytes = max_bytes
+        self.on_message = on_message
+        # Untouched pages of a large malloc are not resident: an idle
+        # connection costs address space, not memory.
+        self.buf = <char *>malloc(self.bufsize)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    def run(self):
+        cdef int rc
+        with nogil:
+            if self.message_mode:
+                rc = self._messages()
+            else:
+                rc = self._stream()
+        return "limit" if rc == 1 else "eof"
+
+    cdef ssize_t _recv(self, char *p, size_t want) except -2 nogil:
+        """recv() up to want bytes, honouring max_bytes; -1 means over the limit."""
+        cdef ssize_t r
+        cdef char probe
+        if self.max_bytes > 0:
+            if self.bytes_in >= self.max_bytes:
+                # At the limit: one more byte means over it, EOF means done.
+                while True:
+                    r = recv(self.fd, &probe, 1, MSG_PEEK)
+                    if r >= 0:
+                        return -1 if r > 0 else 0
+                    if errno != EINTR:
+                        raise_errno(errno)
+                    check_signals()
+            if <long long>want > self.max_bytes - self.bytes_in:
+                want = <size_t>(self.max_bytes - self.bytes_in)
+        while True:
+            r = recv(self.fd, p, want, 0)
+            if r >= 0:
+                self.bytes_in += r
+                return r
+            if errno != EINTR:
+                raise_errno(errno)
+            check_signals()
+
+    cdef int _stream(self) except -1 nogil:
+        cdef ssize_t n
+        while True:
+            n = self._recv(self.buf, self.bufsize)
+            if n == 0:
+                return 0
+            if n < 0:
+                return 1
+            send_all(self.fd, self.buf, n)
+            self.bytes_out += n
+
+    cdef int _messages(self) except -1 nogil:
+        cdef size_t got
+        cdef ssize_t n
+        cdef int ending = 0
+        while True:
+            got = 0
+            while got < self.bufsize:
+                n = self._recv(self.buf + got, self.bufsize - got)
+                if n <= 0:
+                    ending = 1 if n < 0 else 2
+                    break
+                got += n
+            if got > 0:
+                # EOF mid-message echoes what came, as the seed's server does.
+                send_all(self.fd, self.buf, got)
+                self.bytes_out += got
+                self.messages += 1
+                if self.on_message is not None:
+                    self._report(got)
+            if ending:
+                return 1 if ending == 1 else 0
+
+    cdef int _report(self, size_t n) except -1 with gil:
+        self.on_message(n)
+        return 0
+
+
+# -- client ------------------------------------------------------------------
+
+cdef class ClientSession:
+    """The client's loop: send the pattern, read the echo, verify, time it.
+
+    In "message" mode each message of ``size`` bytes is a round trip, timed
+    into a log-linear histogram held in C memory; in "stream" mode the whole
+    run is one continuous transfer.  Either way the client sends and receives
+    at once, so no payload size can deadlock it against an echoing peer.
+    The connection's stream offset carries over between calls to run().
+    """
+
+    cdef int fd
+    cdef long long size
+    cdef bint lockstep
+    cdef int timeout_ms
+    cdef bytes base_obj
+    cdef const unsigned char *base
+    cdef unsigned char *sbuf
+    cdef unsigned char *rbuf
+    cdef size_t chunk
+    cdef long long *hist
+    cdef long long offset
+    cdef int stop_flag
+    cdef int shut
+    cdef readonly long long bytes_sent
+    cdef readonly long long bytes_received
+    cdef readonly long long messages
+    cdef readonly long long mismatch_offset
+    cdef readonly bint short_echo
+    cdef readonly long long latency_min_ns
+    cdef readonly long long latency_max_ns
+    cdef readonly long long latency_sum_ns
+
+    def __cinit__(self, int fd, long long size, bytes base, str mode="message",
+                  object timeout=None):
+        if mode not in ("stream", "message"):
+            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if size <= 0:
+            raise ValueError("size must be positive")
+        if len(base) != BLOCK:
+            raise ValueError(f"pattern base must be {BLOCK} bytes")
+        self.fd = fd
+        self.size = size
+        self.lockstep = mode == "message"
+        self.timeout_ms = -1 if timeout is None else max(1, <int>(timeout * 1000))
+        self.base_obj = base
+        self.base = <const unsigned char *>self.base_obj
+        self.chunk = CHUNK if size > CHUNK else <size_t>size
+        if self.chunk < BLOCK:
+            self.chunk = BLOCK
+        self.sbuf = <unsigned char *>malloc(self.chunk)
+        self.rbuf = <unsigned char *>malloc(self.chunk)
+        self.hist = <long long *>calloc(NBUCKETS, sizeof(long long))
+        if self.sbuf == NULL or self.rbuf == NULL or self.hist == NULL:
+            raise MemoryError()
+        self.mismatch_offset = -1
+        self.latency_min_ns = -1
+
+    def __dealloc__(self):
+        free(self.sbuf)
+        free(self.rbuf)
+        free(self.hist)
+
+    def stop(self):
+        """Ask run() to finish after the message in flight (safe from any thread)."""
+        self.stop_flag = 1
+
+    def histogram(self):
+        """The latency histogram's counts, one per bucket."""
+        return [self.hist[i] for i in range(NBUCKETS)]
+
+    def run(self, long long count, double interval=0.0, double duration=0.0,
+            bint finish=True):
+        """Exchange ``count`` messages (0: until ``duration`` or stop()).
+
+        ``interval`` > 0 runs open loop: message i is due at start + i *
+        interval, and its latency counts from then, so a stalled server shows
+        in the percentiles.  ``finish`` half-closes the socket at the end.
+        Returns True when every byte came back intact.
+        """
+        cdef long long interval_ns = <long long>(interval * 1e9)
+        cdef long long deadline = 0
+        cdef int rc
+        if duration > 0:
+            deadline = now_ns() + <long long>(duration * 1e9)
+        if count <= 0 and deadline == 0:
+            raise ValueError("give a count or a duration")
+        with nogil:
+            if self.lockstep:
+                rc = self._lockstep(count, interval_ns, deadline, finish)
+            else:
+                rc = self._stream(count, deadline, finish)
+        return rc == 0
+
+    cdef int _lockstep(self, long long count, long long interval_ns, long long deadline,
+                       bint finish) except -1 nogil:
+        cdef long long i = 0, start = now_ns(), due, t, lat
+        cdef timespec ts
+        cdef int rc
+        cdef bint last
+        while (count <= 0 or i < count) and not self.stop_flag:
+            t = now_ns()
+            if deadline and t >= deadline:
+                break
+            due = t
+            if interval_ns > 0:
+                due = start + i * interval_ns
+                if due > t:
+                    ts.tv_sec = due // 1000000000
+                    ts.tv_nsec = due % 1000000000
+                    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR:
+                        check_signals()
+            last = finish and count > 0 and i + 1 == count
+            rc = self._transfer(self.size, last)
+            if rc != 0:
+                return rc
+            lat = now_ns() - due
+            self.hist[bucket_of(lat)] += 1
+            self.latency_sum_ns += lat
+            if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+                self.latency_min_ns = lat
+            if lat > self.latency_max_ns:
+                self.latency_max_ns = lat
+            self.messages += 1
+            i += 1
+        if finish and not self.shut:
+            shutdown(self.fd, SHUT_WR)
+            self.shut = 1
+        return 0
+
+    cdef int _stream(self, long long count, long long deadline, bint finish) except -1 nogil:
+        cdef long long t0 = now_ns(), lat
+        cdef long long length = self.size * count if count > 0 else (1LL << 62)
+        cdef int rc = self._transfer(length, finish, deadline)
+        lat = now_ns() - t0
+        self.hist[bucket_of(lat)] += 1
+        self.latency_sum_ns += lat
+        self.latency_min_ns = lat
+        self.latency_max_ns = lat
+        self.messages = self.bytes_received // self.size
+        return rc
+
+    cdef int _transfer(self, long long length, bint finish, long long deadline=0) except -1 nogil:
+        """Send pattern bytes [offset, offset+length) and read them back.
+
+        Returns 0 when all came back intact, 1 on a mismatch or a short echo.
+        Sends never block while an echo is owed (MSG_DONTWAIT, then poll), so
+        neither side's buffers can fill into a deadlock.
+        """
+        cdef long long send_off = self.offset, recv_off = self.offset
+        cdef long long end = self.offset + length
+        cdef long long sbuf_start = 0, sbuf_end = 0
+        cdef ssize_t r
+        cdef size_t want
+        cdef long long bad
+        cdef int progressed, ready
+        cdef pollfd pfd
+        pfd.fd = self.fd
+        while recv_off < end:
+            if deadline and send_off < end and now_ns() >= deadline:
+                end = send_off  # time is up: stop sending, collect what is owed
+                if recv_off >= end:
+                    break
+            progressed = 0
+            if send_off < end:
+                if send_off >= sbuf_end:
+                    want = self.chunk if end - send_off > <long long>self.chunk else <size_t>(end - send_off)
+                    pattern_fill(self.base, self.sbuf, send_off, want)
+                    sbuf_start = send_off
+                    sbuf_end = send_off + want
+                r = send(self.fd, self.sbuf + (send_off - sbuf_start), <size_t>(sbuf_end - send_off),
+                         MSG_NOSIGNAL | MSG_DONTWAIT)
+                if r > 0:
+                    send_off += r
+                    self.bytes_sent += r
+                    progressed = 1
+                elif errno != EAGAIN and errno != EINTR:
+                    raise_errno(errno)
+            if finish and send_off == end and not self.shut:
+                shutdown(self.fd, SHUT_WR)  # all sent: a message-mode peer may echo a short tail now
+                self.shut = 1
+            if recv_off < send_off:
+                want = self.chunk if send_off - recv_off > <long long>self.chunk else <size_t>(send_off - recv_off)
+                # With nothing left to send, wait in recv() itself (SO_RCVTIMEO).
+                r = recv(self.fd, self.rbuf, want, MSG_DONTWAIT if send_off < end else 0)
+                if r > 0:
+                    bad = pattern_mismatch(self.base, self.rbuf, recv_off, <size_t>r)
+                    if bad >= 0:
+                        self.mismatch_offset = recv_off + bad
+                        self.bytes_received += bad
+                        return 1
+                    recv_off += r
+                    self.bytes_received += r
+                    progressed = 1
+                elif r == 0:
+                    self.short_echo = 1
+                    return 1
+                elif errno == EINTR:
+                    check_signals()
+                    progressed = 1
+                elif errno == EAGAIN:
+                    if send_off >= end:
+                        raise_errno(ETIMEDOUT)
+                else:
+                    raise_errno(errno)
+            if not progressed:
+                pfd.events = POLLIN
+                if send_off < end:
+                    pfd.events |= POLLOUT
+                ready = poll(&pfd, 1, self.timeout_ms)
+                if ready == 0:
+                    raise_errno(ETIMEDOUT)
+                if ready < 0:
+                    if errno != EINTR:
+                        raise_errno(errno)
+                    check_signals()
+        self.offset = end
+        return 0

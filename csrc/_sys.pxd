@@ -1,0 +1,44 @@
+# POSIX declarations the echo loops need, all callable without the GIL.
+
+cdef extern from "<sys/types.h>":
+    ctypedef long ssize_t
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int shutdown(int fd, int how)
+    enum:
+        MSG_NOSIGNAL
+        MSG_DONTWAIT
+        MSG_PEEK
+        SHUT_WR
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+        POLLOUT
+        POLLERR
+        POLLHUP
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    enum:
+        CLOCK_MONOTONIC
+        TIMER_ABSTIME
+    int clock_gettime(int clk, timespec *ts)
+    int clock_nanosleep(int clk, int flags, const timespec *req, timespec *rem)
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum:
+        EINTR
+        EAGAIN
+        EWOULDBLOCK
+        ETIMEDOUT

@@ -1,0 +1,7 @@
+"""``python -m pytcpecho``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

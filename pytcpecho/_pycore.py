@@ -1,0 +1,258 @@
+"""The pure-Python core: the same loops and API as the Cython core (csrc/_core.pyx).
+
+It stands in where the extension was not built, or with PYTCPECHO_PURE_PYTHON=1.
+The behaviour is the same; the difference is that every recv() and send() here
+must win the GIL back, so it slows down when other Python threads are busy.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+from collections.abc import Callable
+
+from .histogram import NBUCKETS, bucket_of
+from .pattern import Pattern
+
+NAME = "python"
+HISTOGRAM_BUCKETS = NBUCKETS
+CHUNK = 256 * 1024
+
+
+def _timeout() -> TimeoutError:
+    return TimeoutError(errno.ETIMEDOUT, "timed out")
+
+
+class _Borrowed:
+    """A socket object over an fd we do not own: never closes it."""
+
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+
+    def __enter__(self) -> socket.socket:
+        return self.sock
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.detach()
+
+
+class EchoSession:
+    """One server connection: see the Cython core's EchoSession."""
+
+    def __init__(self, fd: int, mode: str = "stream", size: int = 102400, max_bytes: int = 0,
+                 on_message: Callable[[int], object] | None = None,
+                 bufsize: int = CHUNK) -> None:
+        if mode not in ("stream", "message"):
+            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if size <= 0 or bufsize <= 0:
+            raise ValueError("size and bufsize must be positive")
+        self._fd = fd
+        self._message_mode = mode == "message"
+        self._buf = bytearray(size if self._message_mode else bufsize)
+        self._max_bytes = max_bytes
+        self._on_message = on_message
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages = 0
+
+    def run(self) -> str:
+        with _Borrowed(self._fd) as sock:
+            try:
+                ended = self._messages(sock) if self._message_mode else self._stream(sock)
+            except BlockingIOError:  # SO_RCVTIMEO / SO_SNDTIMEO expired
+                raise _timeout() from None
+        return "limit" if ended else "eof"
+
+    def _recv(self, sock: socket.socket, view: memoryview) -> int:
+        """recv_into up to len(view) bytes, honouring max_bytes; -1 means over the limit."""
+        if self._max_bytes > 0:
+            room = self._max_bytes - self.bytes_in
+            if room <= 0:
+                return -1 if sock.recv(1, socket.MSG_PEEK) else 0
+            view = view[:room]
+        n = sock.recv_into(view)
+        self.bytes_in += n
+        return n
+
+    def _stream(self, sock: socket.socket) -> bool:
+        view = memoryview(self._buf)
+        while True:
+            n = self._recv(sock, view)
+            if n <= 0:
+                return n < 0
+            sock.sendall(view[:n])
+            self.bytes_out += n
+
+    def _messages(self, sock: socket.socket) -> bool:
+        view = memoryview(self._buf)
+        size = len(view)
+        while True:
+            got = 0
+            ending = 0
+            while got < size:
+                n = self._recv(sock, view[got:])
+                if n <= 0:
+                    ending = 1 if n < 0 else 2
+                    break
+                got += n
+            if got:
+                sock.sendall(view[:got])
+                self.bytes_out += got
+                self.messages += 1
+                if self._on_message is not None:
+                    self._on_message(got)
+            if ending:
+                return ending == 1
+
+
+class ClientSession:
+    """The client's loop: see the Cython core's ClientSession."""
+
+    def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
+                 timeout: float | None = None) -> None:
+        if mode not in ("stream", "message"):
+            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if size <= 0:
+            raise ValueError("size must be positive")
+        self._fd = fd
+        self._size = size
+        self._lockstep = mode == "message"
+        self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
+        self._pattern = Pattern(base)
+        self._chunk = max(min(size, CHUNK), 65536)
+        self._rbuf = bytearray(self._chunk)
+        self._hist = [0] * NBUCKETS
+        self._offset = 0
+        self._stop = False
+        self._shut = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.messages = 0
+        self.mismatch_offset = -1
+        self.short_echo = False
+        self.latency_min_ns = -1
+        self.latency_max_ns = 0
+        self.latency_sum_ns = 0
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def histogram(self) -> list[int]:
+        return list(self._hist)
+
+    def run(self, count: int, interval: float = 0.0, duration: float = 0.0,
+            finish: bool = True) -> bool:
+        deadline = time.monotonic_ns() + int(duration * 1e9) if duration > 0 else 0
+        if count <= 0 and deadline == 0:
+            raise ValueError("give a count or a duration")
+        with _Borrowed(self._fd) as sock:
+            if self._lockstep:
+                return self._run_lockstep(sock, count, int(interval * 1e9), deadline, finish)
+            return self._run_stream(sock, count, deadline, finish)
+
+    def _record(self, lat: int) -> None:
+        self._hist[bucket_of(lat)] += 1
+        self.latency_sum_ns += lat
+        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+            self.latency_min_ns = lat
+        self.latency_max_ns = max(self.latency_max_ns, lat)
+
+    def _run_lockstep(self, sock: socket.socket, count: int, interval_ns: int, deadline: int,
+                      finish: bool) -> bool:
+        start = time.monotonic_ns()
+        i = 0
+        while (count <= 0 or i < count) and not self._stop:
+            now = time.monotonic_ns()
+            if deadline and now >= deadline:
+                break
+            due = now
+            if interval_ns > 0:
+                due = start + i * interval_ns
+                if due > now:
+                    time.sleep((due - now) / 1e9)
+            last = finish and count > 0 and i + 1 == count
+            if not self._transfer(sock, self._size, last, 0):
+                return False
+            self._record(time.monotonic_ns() - due)
+            self.messages += 1
+            i += 1
+        self._half_close(sock, finish)
+        return True
+
+    def _run_stream(self, sock: socket.socket, count: int, deadline: int, finish: bool) -> bool:
+        t0 = time.monotonic_ns()
+        length = self._size * count if count > 0 else 1 << 62
+        ok = self._transfer(sock, length, finish, deadline)
+        lat = time.monotonic_ns() - t0
+        self._record(lat)
+        self.latency_min_ns = self.latency_max_ns = lat
+        self.messages = self.bytes_received // self._size
+        return ok
+
+    def _half_close(self, sock: socket.socket, finish: bool) -> None:
+        if finish and not self._shut:
+            sock.shutdown(socket.SHUT_WR)
+            self._shut = True
+
+    def _transfer(self, sock: socket.socket, length: int, finish: bool, deadline: int) -> bool:
+        """Send pattern bytes [offset, offset+length) and read them back, at once."""
+        send_off = recv_off = self._offset
+        end = self._offset + length
+        sbuf = memoryview(b"")
+        sbuf_start = 0
+        rview = memoryview(self._rbuf)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        try:
+            while recv_off < end:
+                if deadline and send_off < end and time.monotonic_ns() >= deadline:
+                    end = send_off
+                    if recv_off >= end:
+                        break
+                progressed = False
+                if send_off < end:
+                    if send_off >= sbuf_start + len(sbuf):
+                        sbuf = memoryview(self._pattern.slice(send_off, min(self._chunk,
+                                                                           end - send_off)))
+                        sbuf_start = send_off
+                    try:
+                        r = sock.send(sbuf[send_off - sbuf_start :],
+                                      socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                        send_off += r
+                        self.bytes_sent += r
+                        progressed = r > 0
+                    except BlockingIOError:
+                        pass
+                if finish and send_off == end:
+                    self._half_close(sock, True)
+                if recv_off < send_off:
+                    want = min(self._chunk, send_off - recv_off)
+                    try:
+                        r = sock.recv_into(rview[:want],
+                                           0 if send_off >= end else socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        if send_off >= end:
+                            raise _timeout() from None
+                    else:
+                        if r == 0:
+                            self.short_echo = True
+                            return False
+                        bad = self._pattern.mismatch(rview[:r], recv_off)
+                        if bad >= 0:
+                            self.mismatch_offset = recv_off + bad
+                            self.bytes_received += bad
+                            return False
+                        recv_off += r
+                        self.bytes_received += r
+                        progressed = True
+                if not progressed:
+                    events = select.POLLIN | (select.POLLOUT if send_off < end else 0)
+                    poller.modify(sock.fileno(), events)
+                    if not poller.poll(self._timeout_ms):
+                        raise _timeout()
+        finally:
+            poller.unregister(sock.fileno())
+        self._offset = end
+        return True

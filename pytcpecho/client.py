@@ -1,0 +1,141 @@
+"""EchoClient: send a seeded payload, read the echo, verify every byte, time it."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+
+from . import core as cores
+from .histogram import LatencyStats, summarize
+from .pattern import make_base
+from .server import DEFAULT_SIZE, MODES
+from .sockets import set_io_timeout, set_nodelay
+from .units import DEFAULT_PORT, format_hostport, peer_name
+
+DEFAULT_TIMEOUT = 10.0
+MIB = 1024 * 1024
+
+
+class EchoError(Exception):
+    """The client could not reach the server: unknown host, refused, timed out."""
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    """What came back: ``intact`` only when every byte sent returned unchanged."""
+
+    host: str
+    port: int
+    peer: tuple[str, int]
+    mode: str
+    size: int
+    count: int
+    seed: int
+    sent: int
+    received: int
+    messages: int
+    intact: bool
+    problem: str | None
+    latency: LatencyStats
+    elapsed: float
+
+    @property
+    def expected(self) -> int:
+        return self.size * self.count
+
+    @property
+    def mib_per_s(self) -> float:
+        """Echoed bytes per second, in MiB/s."""
+        return self.received / self.elapsed / MIB if self.elapsed > 0 else 0.0
+
+
+class EchoClient:
+    """Connects to an echo server and checks that what it sends comes back.
+
+    ``mode="message"`` sends ``count`` messages of ``size`` bytes, each one a
+    timed round trip on the same connection (the seed's protocol);
+    ``mode="stream"`` sends ``size * count`` bytes as one stream while reading
+    the echo.  The payload is a pseudo-random pattern from ``seed``, made and
+    checked as it flows, so any size runs in constant memory.  ``timeout``
+    bounds connecting and every wait for data (None: wait forever).
+    """
+
+    def __init__(self, host: str, port: int = DEFAULT_PORT, *, size: int = DEFAULT_SIZE,
+                 count: int = 1, mode: str = "message",
+                 timeout: float | None = DEFAULT_TIMEOUT, seed: int | None = None,
+                 core: str = "auto") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if size <= 0 or count <= 0:
+            raise ValueError("size and count must be positive")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (None: wait forever)")
+        self.host = host
+        self.port = port
+        self.size = size
+        self.count = count
+        self.mode = mode
+        self.timeout = timeout
+        self.seed = secrets.randbits(32) if seed is None else seed
+        self.core = cores.load(core)
+
+    @property
+    def target(self) -> str:
+        return format_hostport(self.host, self.port)
+
+    def connect(self) -> socket.socket:
+        """A connected socket, set up for the core; EchoError if the server is out of reach."""
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except socket.gaierror as exc:
+            raise EchoError(f"cannot resolve host {self.host!r}: {exc.strerror}") from None
+        except ConnectionRefusedError:
+            raise EchoError(f"connection refused by {self.target}") from None
+        except TimeoutError:
+            raise EchoError(f"timed out connecting to {self.target} after {self.timeout:g} s"
+                            ) from None
+        except OSError as exc:
+            raise EchoError(f"cannot connect to {self.target}: {exc.strerror or exc}") from None
+        try:
+            set_io_timeout(sock, self.timeout)
+            set_nodelay(sock)
+        except OSError as exc:
+            sock.close()
+            raise EchoError(f"connection to {self.target} failed: {exc.strerror}") from None
+        return sock
+
+    def run(self) -> EchoResult:
+        """Connect, exchange the payload, verify it; see ``EchoResult.intact``."""
+        with self.connect() as sock:
+            peer = peer_name(sock.getpeername())
+            session = self.core.ClientSession(sock.fileno(), self.size, make_base(self.seed),
+                                              self.mode, self.timeout)
+            problem = None
+            started = time.perf_counter()
+            try:
+                intact = session.run(self.count)
+            except TimeoutError:
+                intact = False
+                problem = f"timed out after {self.timeout:g} s waiting for the echo"
+            except ConnectionResetError:
+                intact = False
+                problem = "connection reset by the server"
+            except OSError as exc:
+                intact = False
+                problem = f"connection failed: {exc.strerror or exc}"
+            elapsed = time.perf_counter() - started
+        received = session.bytes_received
+        if problem is None and not intact:
+            if session.mismatch_offset >= 0:
+                problem = f"echo differs from what was sent at byte {session.mismatch_offset}"
+            else:
+                problem = "short echo: the server closed the connection early"
+        if problem is not None:
+            problem += f" ({received} of {self.size * self.count} bytes came back intact)"
+        latency = summarize(session.histogram(), max(session.latency_min_ns, 0),
+                            session.latency_max_ns, session.latency_sum_ns)
+        return EchoResult(self.host, self.port, peer, self.mode, self.size, self.count,
+                          self.seed, session.bytes_sent, received, session.messages,
+                          intact and problem is None, problem, latency, elapsed)

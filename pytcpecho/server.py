@@ -1,0 +1,367 @@
+"""EchoServer: accepts connections and serves each on its own thread.
+
+The life cycle follows ``socketserver``: ``serve_forever()`` in one thread,
+``shutdown()`` from another, ``close()`` to release everything, or a ``with``
+block.  Each connection runs the core's echo loop, which holds no GIL from the
+first byte to the last; Python only accepts, logs and keeps the books.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from . import core as cores
+from .sockets import set_io_timeout, set_nodelay
+from .units import DEFAULT_PORT, format_hostport, peer_name
+from .workers import Workers
+
+log = logging.getLogger("pytcpecho.server")
+conn_log = logging.getLogger("pytcpecho.conn")
+
+DEFAULT_SIZE = 102400
+DEFAULT_MAX_CLIENTS = 1024
+DEFAULT_IDLE_TIMEOUT = 60.0
+MODES = ("stream", "message")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Peer = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A snapshot of the server's counters."""
+
+    active: int
+    total: int
+    bytes_in: int
+    bytes_out: int
+    errors: int
+    refused: int
+
+
+def _networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) if isinstance(c, str) else c
+                 for c in cidrs)
+
+
+def _bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    """Listen on host:port; all interfaces means IPv4 and IPv6 where the host has both."""
+    if host in (None, "", "::") and socket.has_dualstack_ipv6():
+        return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog,
+                                    reuse_port=reuse_port, dualstack_ipv6=True)
+    host = host or "0.0.0.0"
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    return socket.create_server(sockaddr, family=family, backlog=backlog,
+                                reuse_port=reuse_port)
+
+
+class EchoServer:
+    """A TCP echo server, one thread per connected client.
+
+    ``mode="stream"`` echoes bytes as they come (RFC 862); ``mode="message"``
+    reads ``size`` bytes, sends them back and repeats (the seed's protocol).
+    Limits: at most ``max_clients`` connections at once (the rest wait in the
+    kernel's backlog), ``idle_timeout`` seconds without progress ends a
+    connection, ``max_bytes`` (0: no limit) caps what one connection may send,
+    ``allow``/``deny`` filter peers by network.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str | None, int] = ("", DEFAULT_PORT),
+        *,
+        mode: str = "stream",
+        size: int = DEFAULT_SIZE,
+        core: str = "auto",
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_bytes: int = 0,
+        allow: Iterable[str | Network] = (),
+        deny: Iterable[str | Network] = (),
+        backlog: int = 1024,
+        reuse_port: bool = False,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if size <= 0:
+            raise ValueError("size must be positive")
+        if max_clients < 1:
+            raise ValueError("max_clients must be at least 1")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive (None: no timeout)")
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be 0 (no limit) or positive")
+        self.mode = mode
+        self.size = size
+        self.core = cores.load(core)
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.max_bytes = max_bytes
+        self.allow = _networks(allow)
+        self.deny = _networks(deny)
+
+        self._listener = _bind(address[0], address[1], backlog, reuse_port)
+        self._listener.setblocking(False)
+        self._dualstack = (self._listener.family == socket.AF_INET6
+                           and not self._listener.getsockopt(socket.IPPROTO_IPV6,
+                                                             socket.IPV6_V6ONLY))
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._conns: dict[socket.socket, Any] = {}  # connection -> its core session
+        self._total = self._refused = self._errors = 0
+        self._done_in = self._done_out = 0
+        self._workers = Workers(self._serve_client)
+        self._stop_request = False
+        self._closing = False
+        self._closed = False
+        self._serve_done = threading.Event()
+        self._serve_done.set()
+
+    # -- life cycle ---------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port): with port 0, the port the kernel chose."""
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def serve_forever(self) -> None:
+        """Accept clients until shutdown() or close() is called."""
+        self._serve_done.clear()
+        host, port = self.address
+        log.info("Server at %s%s", format_hostport(host, port),
+                 " (IPv4 and IPv6)" if self._dualstack else "")
+        log.debug("%s mode, %d-byte messages, core %s, at most %d clients, idle timeout %s",
+                  self.mode, self.size, self.core.NAME, self.max_clients,
+                  f"{self.idle_timeout:g} s" if self.idle_timeout else "off")
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                accepting = False
+                while not self._stop_request:
+                    want = self._active() < self.max_clients
+                    if want != accepting:
+                        if want:
+                            selector.register(self._listener, selectors.EVENT_READ)
+                        else:
+                            selector.unregister(self._listener)
+                            log.debug("%d clients: not accepting until one leaves",
+                                      self.max_clients)
+                        accepting = want
+                    for key, _ in selector.select():
+                        if key.fileobj is self._wake_r:
+                            self._drain_wakeups()
+                        elif not self._stop_request:
+                            self._accept_ready()
+        finally:
+            self._stop_request = False
+            self._serve_done.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() and wait until it has returned; connections go on."""
+        self._stop_request = True
+        self._wake()
+        self._serve_done.wait()
+
+    def drain(self, grace: float) -> bool:
+        """Stop accepting, then let connections finish for up to ``grace`` seconds.
+
+        Returns True when all finished in time; close() ends the rest.
+        """
+        self.shutdown()
+        self._listener.close()
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._conns, grace)
+
+    def close(self) -> None:
+        """Stop serving, end every connection, join every thread, release every fd."""
+        if self._closed:
+            return
+        self._stop_request = True
+        self._wake()
+        self._serve_done.wait()
+        self._listener.close()
+        with self._lock:
+            self._closing = True
+            for conn in self._conns:
+                # Wakes the core's blocked recv()/send(); the owner thread closes the fd.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self._workers.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._closed = True
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- counters -----------------------------------------------------------
+
+    @property
+    def stats(self) -> ServerStats:
+        """Counters now; bytes include connections still in flight."""
+        with self._lock:
+            live = [s for s in self._conns.values() if s is not None]
+            return ServerStats(
+                active=len(self._conns),
+                total=self._total,
+                bytes_in=self._done_in + sum(s.bytes_in for s in live),
+                bytes_out=self._done_out + sum(s.bytes_out for s in live),
+                errors=self._errors,
+                refused=self._refused,
+            )
+
+    @property
+    def threads(self) -> int:
+        """Connection threads alive now (busy or waiting for the next client)."""
+        return self._workers.count
+
+    def wait(self, predicate: Callable[[ServerStats], bool], timeout: float) -> bool:
+        """Block until ``predicate(stats)`` holds (re-checked as connections come
+        and go) or ``timeout`` passes; returns whether it holds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.stats):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._changed:  # byte counters change unannounced: look again soon
+                self._changed.wait(min(left, 0.05))
+        return True
+
+    def _active(self) -> int:
+        with self._lock:
+            return len(self._conns)
+
+    # -- accepting ----------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+            self._wake_w.send(b"\0")
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _accept_ready(self) -> None:
+        """Accept what the backlog holds, up to the client limit."""
+        while self._active() < self.max_clients:
+            try:
+                conn, addr = self._listener.accept()
+            except (BlockingIOError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("Cannot accept: %s; pausing for 0.1 s", exc.strerror)
+                    time.sleep(0.1)
+                    return
+                raise
+            self._admit(conn, peer_name(addr))
+
+    def _permitted(self, ip: str) -> bool:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+        if any(addr in net for net in self.deny):
+            return False
+        return not self.allow or any(addr in net for net in self.allow)
+
+    def _admit(self, conn: socket.socket, peer: Peer) -> None:
+        if (self.allow or self.deny) and not self._permitted(peer[0]):
+            conn_log.warning("Refused client at %r (not allowed)", peer)
+            conn.close()
+            with self._lock:
+                self._refused += 1
+            return
+        try:
+            set_io_timeout(conn, self.idle_timeout)
+            set_nodelay(conn)
+        except OSError:  # the client is already gone
+            conn.close()
+            return
+        with self._changed:
+            self._conns[conn] = None
+            self._total += 1
+            self._changed.notify_all()
+        self._workers.submit(conn, peer)
+
+    # -- serving one client -------------------------------------------------
+
+    def _serve_client(self, conn: socket.socket, peer: Peer) -> None:
+        session = None
+        try:
+            on_message = _report_message if conn_log.isEnabledFor(logging.INFO) else None
+            session = self.core.EchoSession(conn.fileno(), self.mode, self.size,
+                                            self.max_bytes, on_message)
+            with self._lock:
+                self._conns[conn] = session
+            conn_log.info("Connected by client at %r", peer)
+            ended = session.run()
+            self._log_end(peer, session, ended)
+        except TimeoutError:
+            conn_log.warning("Closed connection from %r: idle for %g s", peer,
+                             self.idle_timeout or 0)
+        except (ConnectionResetError, BrokenPipeError):
+            conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
+        except OSError as exc:
+            self._count_error()
+            conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
+        except Exception:  # a bug: log it, keep serving others
+            self._count_error()
+            conn_log.exception("Connection with %r failed", peer)
+        finally:
+            conn.close()
+            with self._changed:
+                del self._conns[conn]
+                if session is not None:
+                    self._done_in += session.bytes_in
+                    self._done_out += session.bytes_out
+                was_full = len(self._conns) + 1 >= self.max_clients
+                self._changed.notify_all()
+            if was_full:
+                self._wake()  # serve_forever may accept again
+
+    def _log_end(self, peer: Peer, session: Any, ended: str) -> None:
+        if ended == "limit":
+            conn_log.warning("Closed connection from %r: it sent more than %d bytes",
+                             peer, self.max_bytes)
+        elif self._closing:
+            conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
+                          _echoed(session))
+        else:
+            conn_log.info("Connection closed by client at %r%s", peer,
+                          _echoed(session) if self.mode == "stream" else "")
+
+    def _count_error(self) -> None:
+        with self._lock:
+            self._errors += 1
+
+
+def _report_message(n: int) -> None:
+    """Per-message lines, in the seed's words (needs the GIL: -q skips it)."""
+    conn_log.info("Received %d bytes", n)
+    conn_log.info("Data sent back to client")
+
+
+def _echoed(session: Any) -> str:
+    return f", {session.bytes_out} bytes echoed" if session is not None else ""

@@ -1,0 +1,26 @@
+"""Socket options shared by the server and the client."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+
+def set_io_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Make ``sock`` blocking, with SO_RCVTIMEO/SO_SNDTIMEO bounding each wait.
+
+    The cores call recv()/send() on the raw fd without the GIL, so the timeout
+    must live in the kernel: a Python-level timeout would make the fd
+    non-blocking underneath.  ``None`` (or 0) waits forever.
+    """
+    sock.settimeout(None)
+    whole = int(seconds or 0)
+    micro = int(((seconds or 0) - whole) * 1_000_000)
+    tv = struct.pack("@ll", whole, micro)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Echo small messages without waiting for Nagle's algorithm."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

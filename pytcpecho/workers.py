@@ -1,0 +1,80 @@
+"""Reusable threads, one connection at a time each (thread per client, minus the spawn)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+Job = tuple[Any, ...]
+
+
+class Workers:
+    """Run each job on an idle worker thread, or on a new one if none is idle.
+
+    A worker serves one job at a time; after ``idle_seconds`` with nothing to
+    do it exits, so a burst of clients leaves no crowd of threads behind.
+    """
+
+    def __init__(self, target: Callable[..., object], *, idle_seconds: float = 30.0,
+                 name: str = "pytcpecho-conn") -> None:
+        self._target = target
+        self._idle_seconds = idle_seconds
+        self._name = name
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # workers waiting for a job, minus jobs promised to them
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+
+    def submit(self, *job: Any) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("workers are closed")
+            if self._idle > 0:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+            thread = threading.Thread(target=self._work, args=(job,), name=self._name,
+                                      daemon=True)
+            self._threads.add(thread)
+        thread.start()
+
+    @property
+    def count(self) -> int:
+        """Worker threads alive now."""
+        with self._lock:
+            return len(self._threads)
+
+    def _work(self, job: Job | None) -> None:
+        try:
+            while job is not None:
+                self._target(*job)
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._idle += 1
+                try:
+                    job = self._jobs.get(timeout=self._idle_seconds)
+                except queue.Empty:
+                    with self._lock:
+                        if self._idle > 0:
+                            self._idle -= 1
+                            return
+                    # Our idle slot was promised to a job just now: it is queued.
+                    job = self._jobs.get()
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def close(self, timeout: float | None = None) -> None:
+        """Release idle workers and join every thread (busy ones must be woken first)."""
+        with self._lock:
+            self._closed = True
+            for _ in range(self._idle):
+                self._jobs.put(None)
+            self._idle = 0
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)

@@ -1,0 +1,141 @@
+"""Helpers shared by the tests: real servers, real processes, no sleeps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pytcpecho import EchoServer
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+LOCALHOST = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def running_server(host: str = LOCALHOST, port: int = 0, **options: Any) -> Iterator[EchoServer]:
+    """An EchoServer serving in a thread; closed, and its thread joined, on exit."""
+    server = EchoServer((host, port), **options)
+    thread = threading.Thread(target=server.serve_forever, name="test-server")
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        thread.join(10)
+        assert not thread.is_alive(), "serve_forever did not return after close()"
+
+
+def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+        input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pytcpecho ARGS`` to completion."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pytcpecho", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env,
+                          input=input.decode() if input else None)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """The CLI's contract for bad input: one clear line on stderr, no traceback."""
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error:" in lines[0]
+    return lines[0]
+
+
+class ServeProcess:
+    """``pytcpecho serve`` (or any command) in a child process, its output read as it comes."""
+
+    def __init__(self, *args: str, cmd: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        argv = cmd or [sys.executable, "-m", "pytcpecho", "serve", *args]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 15) -> re.Match[str]:
+        """The first new output line matching ``pattern``; fails on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line matching {pattern!r} in {timeout} s: {self.lines}")
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"process exited before {pattern!r}: {self.lines}")
+            self.lines.append(line)
+            if m := regex.search(line):
+                return m
+
+    def wait_listening(self, timeout: float = 15) -> int:
+        """The port from the 'Server at HOST:PORT' line."""
+        return int(self.wait_for(r"Server at .*:(\d+)", timeout).group(1))
+
+    def output(self) -> str:
+        """All output, after the process has exited."""
+        self._reader.join(10)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return "\n".join(self.lines)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def connect(port: int, host: str = LOCALHOST, timeout: float = 10) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
