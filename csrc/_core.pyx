@@ -471,3 +471,6 @@ cdef class ClientSession:
                     check_signals()
         self.offset = end
         return 0
+
+
+include "_extra.pxi"

@@ -279,9 +279,67 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if run_demo(core=args.core, mode=args.mode) else EXIT_NOT_INTACT
 
 
+# -- bench ----------------------------------------------------------------------
+
+def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("bench", help="load generator: msg/s, MiB/s, latency percentiles",
+                       description="Drive an echo server from many connections, verify every "
+                                   "byte, report per interval and in total. Exit 0 when all "
+                                   "came back intact, 1 on any failure, 3 if none connected.")
+    _client_options(p, 1024, 10.0)
+    p.add_argument("--connections", "-c", type=COUNT, default=10,
+                   help="connections, one thread each (default: 10)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--duration", "-t", type=SECONDS, default=None,
+                     help="seconds to run (default: 10)")
+    how.add_argument("--count", "-n", type=COUNT, default=None,
+                     help="messages in all, spread over the connections")
+    p.add_argument("--mode", choices=("message", "stream"), default="message",
+                   help="message: round trips of --size; stream: continuous transfer")
+    p.add_argument("--interval", "-i", type=SECONDS, default=1.0,
+                   help="seconds between report lines (default: 1)")
+    p.add_argument("--rate", type=SECONDS, default=None, metavar="MSG_PER_S",
+                   help="open loop at this many messages/s in all (default: closed loop)")
+    p.add_argument("--connect-each", action="store_true",
+                   help="a new connection for every message (the seed's pattern)")
+    p.add_argument("--seed", type=int, default=None, help="payload seed (default: random)")
+    p.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    p.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from . import loadgen
+
+    host, port = args.target
+    config = loadgen.BenchConfig(
+        host, port, size=args.size, connections=args.connections,
+        duration=None if args.count else (args.duration or 10.0), count=args.count,
+        mode=args.mode, rate=args.rate, connect_each=args.connect_each, core=args.core,
+        timeout=args.timeout, interval=args.interval, seed=args.seed)
+    try:
+        gen = loadgen.LoadGenerator(config)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    if not args.json:
+        _say(loadgen.header(config, gen.core.NAME))
+        _say(loadgen.COLUMNS)
+    try:
+        result = gen.run(None if args.json else lambda i: _say(loadgen.interval_line(i)))
+    except loadgen.NoConnection as exc:
+        return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
+    if args.json:
+        _say(json.dumps(result.as_dict(), indent=2))
+    else:
+        for line in loadgen.summary_lines(result):
+            _say(line)
+    return EXIT_OK if result.ok else EXIT_NOT_INTACT
+
+
 # -- main -----------------------------------------------------------------------
 
-COMMANDS = (_add_serve, _add_client, _add_ping, _add_demo)
+COMMANDS = (_add_serve, _add_client, _add_ping, _add_demo, _add_bench)
 
 
 def build_parser() -> _Parser:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 
 from . import _pycore
 
-CORES = ("auto", "cython", "python")
+CORES = ("auto", "cython", "python", "splice")
 
 _cython: ModuleType | None
 try:
@@ -33,8 +34,13 @@ def _default() -> ModuleType:
     return _cython
 
 
+def splice_available() -> bool:
+    """Whether the splice core can run: the compiled core on Linux."""
+    return _cython is not None and hasattr(_cython, "SpliceSession") and sys.platform == "linux"
+
+
 def load(name: str = "auto") -> ModuleType:
-    """The core module for ``name`` ("auto", "cython" or "python")."""
+    """The core module for ``name`` ("auto", "cython", "python" or "splice")."""
     if name == "auto":
         return _default()
     if name == "python":
@@ -44,6 +50,11 @@ def load(name: str = "auto") -> ModuleType:
             raise RuntimeError("the Cython core is not built: reinstall with a C compiler "
                                "(pip install .) or use --core python")
         return _cython
+    if name == "splice":
+        if not splice_available():
+            raise RuntimeError("the splice core needs Linux and the built Cython core: "
+                               "use --core cython or python")
+        return importlib.import_module("pytcpecho._splicecore")
     raise ValueError(f"unknown core {name!r}: choose from {', '.join(CORES)}")
 
 

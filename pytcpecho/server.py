@@ -106,6 +106,9 @@ class EchoServer:
         self.mode = mode
         self.size = size
         self.core = cores.load(core)
+        if mode not in getattr(self.core, "MODES", MODES):
+            raise ValueError(f"the {self.core.NAME} core serves {' and '.join(self.core.MODES)} "
+                             f"mode only, not {mode!r}")
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
         self.max_bytes = max_bytes

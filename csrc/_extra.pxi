@@ -1,0 +1,206 @@
+# Included at the end of _core.pyx: the splice echo loop and the bench's
+# connect-per-message client loop.  Both run without the GIL, like the rest.
+
+from _netio cimport (pte_addr, pte_addr_set, pte_connect, pte_pipe, pte_splice, close,
+                     EINVAL, ENOSYS, EOPNOTSUPP, EPIPE)
+
+DEF PIPE_SIZE = 1024 * 1024
+
+
+# -- server: splice() -------------------------------------------------------------
+
+cdef class SpliceSession:
+    """A stream connection echoed with splice(): socket -> pipe -> socket.
+
+    The bytes stay in kernel pages; user space never copies them.  The pipe is
+    made when the first byte arrives (an idle connection holds one fd, not
+    three) and sized with F_SETPIPE_SZ.  Where the kernel refuses to splice
+    the socket (EINVAL), the connection falls back to the copy loop of
+    EchoSession.  Timeouts: splice() honours SO_RCVTIMEO/SO_SNDTIMEO like
+    recv()/send(), so an idle peer ends as TimeoutError here too.
+    """
+
+    cdef int fd
+    cdef int pipe_r
+    cdef int pipe_w
+    cdef size_t bufsize
+    cdef long long max_bytes
+    cdef long long _in
+    cdef long long _out
+    cdef EchoSession fallback
+    cdef readonly bint spliced
+
+    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=102400,
+                  long long max_bytes=0, object on_message=None, Py_ssize_t bufsize=PIPE_SIZE):
+        if mode != "stream":
+            raise ValueError(f"the splice core echoes streams only: mode {mode!r} needs "
+                             "another core (cython or python)")
+        if size <= 0 or bufsize <= 0:
+            raise ValueError("size and bufsize must be positive")
+        self.fd = fd
+        self.pipe_r = -1
+        self.pipe_w = -1
+        self.bufsize = bufsize
+        self.max_bytes = max_bytes
+
+    def __dealloc__(self):
+        self._close_pipe()
+
+    cdef void _close_pipe(self) noexcept nogil:
+        if self.pipe_r >= 0:
+            close(self.pipe_r)
+            close(self.pipe_w)
+            self.pipe_r = self.pipe_w = -1
+
+    @property
+    def bytes_in(self):
+        return self.fallback.bytes_in if self.fallback is not None else self._in
+
+    @property
+    def bytes_out(self):
+        return self.fallback.bytes_out if self.fallback is not None else self._out
+
+    @property
+    def messages(self):
+        return 0
+
+    def run(self):
+        cdef int rc
+        with nogil:
+            rc = self._splice()
+        if rc == 2:
+            self.fallback = EchoSession(self.fd, "stream", 1, self.max_bytes)
+            self.fallback.bytes_in = self._in
+            self.fallback.bytes_out = self._out
+            with nogil:
+                rc = self.fallback._stream()
+        self._close_pipe()
+        return "limit" if rc == 1 else "eof"
+
+    cdef int _wait_first_byte(self) except -1 nogil:
+        """Block (SO_RCVTIMEO applies) until data or EOF is there; 1 if data."""
+        cdef char probe
+        cdef ssize_t r
+        while True:
+            r = recv(self.fd, &probe, 1, MSG_PEEK)
+            if r >= 0:
+                return 1 if r > 0 else 0
+            if errno != EINTR:
+                raise_errno(errno)
+            check_signals()
+
+    cdef int _splice(self) except -1 nogil:
+        """0 at EOF, 1 over max_bytes, 2 when splice is refused (nothing moved yet)."""
+        cdef int fds[2]
+        cdef long n, m, left
+        cdef size_t want
+        cdef int err
+        if not self._wait_first_byte():
+            return 0
+        err = pte_pipe(fds, <int>self.bufsize)
+        if err < 0:
+            raise_errno(-err)
+        self.pipe_r = fds[0]
+        self.pipe_w = fds[1]
+        while True:
+            want = self.bufsize
+            if self.max_bytes > 0:
+                if self._in >= self.max_bytes:
+                    return 1 if self._wait_first_byte() else 0
+                if <long long>want > self.max_bytes - self._in:
+                    want = <size_t>(self.max_bytes - self._in)
+            n = pte_splice(self.fd, self.pipe_w, want, 0)
+            if n == 0:
+                return 0
+            if n < 0:
+                if -n == EINTR:
+                    check_signals()
+                    continue
+                if (-n == EINVAL or -n == ENOSYS or -n == EOPNOTSUPP) and self._in == 0:
+                    return 2
+                raise_errno(<int>-n)
+            self._in += n
+            left = n
+            while left > 0:
+                m = pte_splice(self.pipe_r, self.fd, <size_t>left, 0)
+                if m > 0:
+                    left -= m
+                    self._out += m
+                elif m < 0 and -m == EINTR:
+                    check_signals()
+                else:
+                    raise_errno(<int>-m if m < 0 else EPIPE)
+
+
+# -- client: connect, one message, close, again -----------------------------------
+
+cdef class ConnectEachSession(ClientSession):
+    """The seed's pattern in C: each message on a new connection.
+
+    Construct like ClientSession with fd=-1, name the server with target(),
+    then run_each().  Latency of a message counts from its due time through
+    connect, send, echo and verify, so connection set-up cost shows.  A
+    failed connect raises OSError (``connections`` says how many succeeded).
+    """
+
+    cdef pte_addr addr
+    cdef readonly long long connections
+
+    def target(self, bytes packed, int port):
+        """Server address: packed IPv4 (4 bytes) or IPv6 (16 bytes) and port."""
+        if pte_addr_set(&self.addr, <const char *>packed, len(packed), port) != 0:
+            raise ValueError("packed address must be 4 or 16 bytes")
+
+    def run_each(self, long long count, double interval=0.0, double duration=0.0):
+        """``count`` connections (0: until ``duration`` or stop()); True if all intact."""
+        cdef long long interval_ns = <long long>(interval * 1e9)
+        cdef long long deadline = 0
+        cdef int rc
+        if duration > 0:
+            deadline = now_ns() + <long long>(duration * 1e9)
+        if count <= 0 and deadline == 0:
+            raise ValueError("give a count or a duration")
+        with nogil:
+            rc = self._each(count, interval_ns, deadline)
+        return rc == 0
+
+    cdef int _each(self, long long count, long long interval_ns, long long deadline) except -1 nogil:
+        cdef long long i = 0, start = now_ns(), due, t, lat
+        cdef timespec ts
+        cdef int rc, fd
+        while (count <= 0 or i < count) and not self.stop_flag:
+            t = now_ns()
+            if deadline and t >= deadline:
+                break
+            due = t
+            if interval_ns > 0:
+                due = start + i * interval_ns
+                if due > t:
+                    ts.tv_sec = due // 1000000000
+                    ts.tv_nsec = due % 1000000000
+                    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR:
+                        check_signals()
+            fd = pte_connect(&self.addr, self.timeout_ms)
+            if fd < 0:
+                raise_errno(-fd)
+            self.connections += 1
+            self.fd = fd
+            self.offset = 0
+            self.shut = 0
+            try:
+                rc = self._transfer(self.size, 1)
+            finally:
+                close(fd)
+                self.fd = -1
+            if rc != 0:
+                return rc
+            lat = now_ns() - due
+            self.hist[bucket_of(lat)] += 1
+            self.latency_sum_ns += lat
+            if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+                self.latency_min_ns = lat
+            if lat > self.latency_max_ns:
+                self.latency_max_ns = lat
+            self.messages += 1
+            i += 1
+        return 0

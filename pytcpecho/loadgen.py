@@ -1,0 +1,420 @@
+"""``pytcpecho bench``: a verifying load generator that keeps up with C.
+
+Each connection is a Python thread running the core's client loop, which
+holds no GIL while it sends, reads and verifies every byte and counts each
+round trip into a histogram in C memory.  The main thread only samples those
+counters once per interval (snapshot and difference), so measuring costs no
+Python object per message.  ``rate`` runs open loop: a message's latency counts
+from when it was due, so a stalled server shows in the percentiles
+(coordinated omission corrected, as in wrk2).
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import core as cores
+from .histogram import NBUCKETS, LatencyStats, bucket_of, summarize
+from .pattern import make_base
+from .sockets import set_io_timeout, set_nodelay
+from .units import format_hostport, format_size
+
+MIB = 1024 * 1024
+MODES = ("message", "stream")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run: ``duration`` seconds, or ``count`` messages in all."""
+
+    host: str
+    port: int
+    size: int = 102400
+    connections: int = 10
+    duration: float | None = 10.0
+    count: int | None = None
+    mode: str = "message"
+    rate: float | None = None
+    connect_each: bool = False
+    core: str = "auto"
+    timeout: float = 10.0
+    interval: float = 1.0
+    seed: int | None = None
+
+    def check(self) -> None:
+        """Raise ValueError for options that cannot work together."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.size <= 0 or self.connections <= 0:
+            raise ValueError("size and connections must be positive")
+        if (self.duration is None) == (self.count is None):
+            raise ValueError("give either a duration or a count")
+        if self.count is not None and self.count < self.connections:
+            raise ValueError(f"count {self.count} is less than one message per connection "
+                             f"({self.connections} connections)")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("rate must be positive")
+        if self.mode == "stream" and (self.rate or self.connect_each):
+            raise ValueError("--rate and --connect-each need message mode")
+        if self.timeout <= 0 or self.interval <= 0:
+            raise ValueError("timeout and interval must be positive")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One report line: counts in [start, end) seconds after the start."""
+
+    start: float
+    end: float
+    messages: int
+    bytes: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / (self.end - self.start) if self.end > self.start else 0.0
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes / (self.end - self.start) / MIB if self.end > self.start else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3),
+                "messages": self.messages, "bytes": self.bytes,
+                "messages_per_s": round(self.messages_per_s, 1),
+                "mib_per_s": round(self.mib_per_s, 2),
+                "p50_ms": round(self.p50_ms, 4), "p99_ms": round(self.p99_ms, 4)}
+
+
+@dataclass
+class BenchResult:
+    """The whole run; ``ok`` only when nothing failed and every byte came back intact."""
+
+    config: BenchConfig
+    core: str
+    elapsed: float
+    messages: int
+    bytes_sent: int
+    bytes_received: int
+    connections_opened: int
+    errors: int
+    integrity_failures: int
+    latency: LatencyStats
+    intervals: list[Interval] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes_received / self.elapsed / MIB if self.elapsed > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and self.integrity_failures == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "target": format_hostport(c.host, c.port), "core": self.core, "mode": c.mode,
+            "size": c.size, "connections": c.connections, "connect_each": c.connect_each,
+            "rate": c.rate, "duration_s": round(self.elapsed, 4), "messages": self.messages,
+            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+            "messages_per_s": round(self.messages_per_s, 1),
+            "mib_per_s": round(self.mib_per_s, 2),
+            "latency_ms": {k: v for k, v in self.latency.as_dict().items()},
+            "connections_opened": self.connections_opened, "errors": self.errors,
+            "integrity_failures": self.integrity_failures, "problems": self.problems[:10],
+            "intervals": [i.as_dict() for i in self.intervals],
+        }
+
+
+class NoConnection(Exception):
+    """Not one connection could be made."""
+
+
+class _Sample:
+    """Counters of every session at one instant."""
+
+    def __init__(self, when: float, sessions: list[Any]) -> None:
+        self.when = when
+        self.messages = sum(s.messages for s in sessions)
+        self.bytes = sum(s.bytes_received for s in sessions)
+        hists = [s.histogram() for s in sessions]
+        self.hist = [sum(col) for col in zip(*hists, strict=True)] if hists else [0] * NBUCKETS
+
+
+class _PythonConnectEach:
+    """Connect-per-message for cores without a C loop for it (the pure-Python core)."""
+
+    def __init__(self, core: Any, sockaddr: Any, family: int, size: int, base: bytes,
+                 timeout: float) -> None:
+        self._core, self._sockaddr, self._family = core, sockaddr, family
+        self._size, self._base, self._timeout = size, base, timeout
+        self._stop = False
+        self.messages = self.bytes_sent = self.bytes_received = self.connections = 0
+        self.mismatch_offset = -1
+        self.short_echo = False
+        self.latency_min_ns = -1
+        self.latency_max_ns = self.latency_sum_ns = 0
+        self._hist = [0] * NBUCKETS
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def histogram(self) -> list[int]:
+        return list(self._hist)
+
+    def run_each(self, count: int, interval: float = 0.0, duration: float = 0.0) -> bool:
+        start = time.monotonic()
+        deadline = start + duration if duration > 0 else 0.0
+        i = 0
+        while (count <= 0 or i < count) and not self._stop:
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                break
+            due = max(now, start + i * interval) if interval > 0 else now
+            if due > now:
+                time.sleep(due - now)
+            with socket.socket(self._family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self._timeout)
+                sock.connect(self._sockaddr)
+                self.connections += 1
+                set_io_timeout(sock, self._timeout)
+                set_nodelay(sock)
+                session = self._core.ClientSession(sock.fileno(), self._size, self._base,
+                                                   "message", self._timeout)
+                intact = session.run(1)
+            self.bytes_sent += session.bytes_sent
+            self.bytes_received += session.bytes_received
+            if not intact:
+                self.mismatch_offset = session.mismatch_offset
+                self.short_echo = session.short_echo
+                return False
+            lat = int((time.monotonic() - due) * 1e9)
+            self._hist[bucket_of(lat)] += 1
+            self.latency_sum_ns += lat
+            if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+                self.latency_min_ns = lat
+            self.latency_max_ns = max(self.latency_max_ns, lat)
+            self.messages += 1
+            i += 1
+        return True
+
+
+class LoadGenerator:
+    """Runs one benchmark: ``run(on_interval)`` returns a BenchResult."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        config.check()
+        self.config = config
+        self.core = cores.load(config.core)
+        self.base = make_base(secrets.randbits(32) if config.seed is None else config.seed)
+        self._lock = threading.Lock()
+        self._errors = 0
+        self._integrity = 0
+        self._problems: list[str] = []
+
+    # -- setting up ------------------------------------------------------------
+
+    def _resolve(self) -> tuple[int, Any]:
+        c = self.config
+        try:
+            info = socket.getaddrinfo(c.host, c.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise NoConnection(f"cannot resolve host {c.host!r}: {exc.strerror}") from None
+        family, _, _, _, sockaddr = info[0]
+        return family, sockaddr
+
+    def _connect(self, family: int, sockaddr: Any) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.config.timeout)
+            sock.connect(sockaddr)
+            set_io_timeout(sock, self.config.timeout)
+            set_nodelay(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _connect_each_session(self, family: int, sockaddr: Any) -> Any:
+        c = self.config
+        if self.core.NAME in ("cython", "splice"):
+            from . import _core  # type: ignore[attr-defined]
+
+            session = _core.ConnectEachSession(-1, c.size, self.base, "message", c.timeout)
+            session.target(socket.inet_pton(family, sockaddr[0]), sockaddr[1])
+            return session
+        return _PythonConnectEach(self.core, sockaddr, family, c.size, self.base, c.timeout)
+
+    def _counts(self) -> list[int]:
+        """Messages per connection: 0 means run for the duration."""
+        c = self.config
+        if c.count is None:
+            return [0] * c.connections
+        share, extra = divmod(c.count, c.connections)
+        return [share + (1 if i < extra else 0) for i in range(c.connections)]
+
+    def _fail(self, problem: str, integrity: bool = False) -> None:
+        with self._lock:
+            if integrity:
+                self._integrity += 1
+            else:
+                self._errors += 1
+            self._problems.append(problem)
+
+    # -- running -----------------------------------------------------------------
+
+    def _drive(self, session: Any, sock: socket.socket | None, count: int) -> None:
+        c = self.config
+        interval = c.connections / c.rate if c.rate else 0.0
+        duration = c.duration or 0.0
+        try:
+            if sock is None:
+                intact = session.run_each(count, interval, duration)
+            elif c.mode == "message":
+                intact = session.run(count, interval, duration)
+            else:
+                intact = session.run(count, 0.0, duration)
+        except TimeoutError:
+            self._fail(f"timed out after {c.timeout:g} s waiting for the echo")
+            return
+        except OSError as exc:
+            self._fail(f"connection failed: {exc.strerror or exc}")
+            return
+        finally:
+            if sock is not None:
+                sock.close()
+        if not intact:
+            if session.mismatch_offset >= 0:
+                self._fail(f"echo differs from what was sent at byte {session.mismatch_offset}",
+                           integrity=True)
+            else:
+                self._fail("short echo: the server closed the connection early",
+                           integrity=True)
+
+    def run(self, on_interval: Callable[[Interval], None] | None = None) -> BenchResult:
+        """Connect everything, run, sample every interval; NoConnection if none connected."""
+        c = self.config
+        family, sockaddr = self._resolve()
+        sessions: list[Any] = []
+        socks: list[socket.socket | None] = []
+        counts = self._counts()
+        first_error = ""
+        for count in counts:
+            if c.connect_each:
+                sessions.append(self._connect_each_session(family, sockaddr))
+                socks.append(None)
+                continue
+            try:
+                sock = self._connect(family, sockaddr)
+            except OSError as exc:
+                self._fail(f"cannot connect: {exc.strerror or exc}")
+                first_error = first_error or (exc.strerror or str(exc))
+                continue
+            sessions.append(self.core.ClientSession(sock.fileno(), c.size, self.base, c.mode,
+                                                    c.timeout))
+            socks.append(sock)
+        if not sessions:
+            where = format_hostport(c.host, c.port)
+            raise NoConnection(f"cannot connect to {where}: {first_error}")
+        threads = [threading.Thread(target=self._drive, args=(s, k, n), daemon=True,
+                                    name=f"bench-{i}")
+                   for i, (s, k, n) in enumerate(zip(sessions, socks, counts, strict=False))]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        intervals: list[Interval] = []
+        last = _Sample(started, sessions)
+        try:
+            while any(t.is_alive() for t in threads):
+                tick = last.when + c.interval
+                for t in threads:
+                    t.join(max(0.0, tick - time.monotonic()))
+                    if time.monotonic() >= tick:
+                        break
+                if time.monotonic() >= tick or not any(t.is_alive() for t in threads):
+                    now = _Sample(time.monotonic(), sessions)
+                    # A sliver at the end (threads finishing) would print noise.
+                    if now.when - last.when >= c.interval / 4 or not intervals:
+                        interval = self._interval(started, last, now)
+                        intervals.append(interval)
+                        if on_interval is not None:
+                            on_interval(interval)
+                        last = now
+        except KeyboardInterrupt:
+            for s in sessions:
+                s.stop()
+            for t in threads:
+                t.join(c.timeout)
+            raise
+        elapsed = time.monotonic() - started
+        if c.connect_each and all(getattr(s, "connections", 0) == 0 for s in sessions):
+            raise NoConnection(f"cannot connect to {format_hostport(c.host, c.port)}: "
+                               f"{'; '.join(self._problems[:1])}")
+        return self._result(sessions, elapsed, intervals)
+
+    @staticmethod
+    def _interval(started: float, a: _Sample, b: _Sample) -> Interval:
+        diff = [y - x for x, y in zip(a.hist, b.hist, strict=True)]
+        lat = summarize(diff, 0, 1 << 62, 0)
+        return Interval(a.when - started, b.when - started, b.messages - a.messages,
+                        b.bytes - a.bytes, lat.p50, lat.p99)
+
+    def _result(self, sessions: list[Any], elapsed: float,
+                intervals: list[Interval]) -> BenchResult:
+        final = _Sample(time.monotonic(), sessions)
+        timed = [s for s in sessions if s.latency_min_ns >= 0]
+        lat = summarize(final.hist, min((s.latency_min_ns for s in timed), default=0),
+                        max((s.latency_max_ns for s in timed), default=0),
+                        sum(s.latency_sum_ns for s in timed))
+        opened = sum(getattr(s, "connections", 1) for s in sessions) if self.config.connect_each \
+            else len(sessions)
+        return BenchResult(self.config, self.core.NAME, elapsed, final.messages,
+                           sum(s.bytes_sent for s in sessions), final.bytes, opened,
+                           self._errors, self._integrity, lat, intervals, self._problems)
+
+
+# -- text output ----------------------------------------------------------------------
+
+def header(config: BenchConfig, core: str) -> str:
+    c = config
+    how = f"{c.duration:g} s" if c.duration else f"{c.count} messages"
+    extra = ", connect per message" if c.connect_each else ""
+    extra += f", open loop at {c.rate:g} msg/s" if c.rate else ""
+    return (f"Benchmarking {format_hostport(c.host, c.port)}: {c.connections} connection"
+            f"{'' if c.connections == 1 else 's'}, {format_size(c.size)} {c.mode}s, {how}, "
+            f"core {core}{extra}")
+
+
+COLUMNS = f"{'interval s':>13} {'msg/s':>11} {'MiB/s':>10} {'p50 ms':>9} {'p99 ms':>9}"
+
+
+def interval_line(i: Interval) -> str:
+    span = f"{i.start:.1f}-{i.end:.1f}"
+    return (f"{span:>13} {i.messages_per_s:>11.1f} {i.mib_per_s:>10.1f} "
+            f"{i.p50_ms:>9.3f} {i.p99_ms:>9.3f}")
+
+
+def summary_lines(r: BenchResult) -> list[str]:
+    lat = r.latency
+    lines = [
+        f"Messages: {r.messages} in {r.elapsed:.3f} s: {r.messages_per_s:.1f} msg/s, "
+        f"{r.mib_per_s:.1f} MiB/s",
+        f"Latency ms: min {lat.min:.3f} p50 {lat.p50:.3f} p90 {lat.p90:.3f} "
+        f"p99 {lat.p99:.3f} p99.9 {lat.p999:.3f} max {lat.max:.3f}",
+        f"Connections: {r.connections_opened} opened, {r.errors} errors, "
+        f"{r.integrity_failures} integrity failures",
+    ]
+    lines += [f"Problem: {p}" for p in r.problems[:5]]
+    return lines
