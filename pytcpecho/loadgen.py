@@ -145,10 +145,13 @@ class NoConnection(Exception):
 class _Sample:
     """Counters of every session at one instant."""
 
-    def __init__(self, when: float, sessions: list[Any]) -> None:
+    def __init__(self, when: float, sessions: list[Any], stream_size: int = 0) -> None:
         self.when = when
-        self.messages = sum(s.messages for s in sessions)
         self.bytes = sum(s.bytes_received for s in sessions)
+        if stream_size:  # a stream counts its messages only at the end: derive them
+            self.messages = sum(s.bytes_received // stream_size for s in sessions)
+        else:
+            self.messages = sum(s.messages for s in sessions)
         hists = [s.histogram() for s in sessions]
         self.hist = [sum(col) for col in zip(*hists, strict=True)] if hists else [0] * NBUCKETS
 
@@ -223,6 +226,7 @@ class LoadGenerator:
         self._errors = 0
         self._integrity = 0
         self._problems: list[str] = []
+        self._stream_size = config.size if config.mode == "stream" else 0
 
     # -- setting up ------------------------------------------------------------
 
@@ -335,7 +339,7 @@ class LoadGenerator:
         for t in threads:
             t.start()
         intervals: list[Interval] = []
-        last = _Sample(started, sessions)
+        last = _Sample(started, sessions, self._stream_size)
         try:
             while any(t.is_alive() for t in threads):
                 tick = last.when + c.interval
@@ -344,7 +348,7 @@ class LoadGenerator:
                     if time.monotonic() >= tick:
                         break
                 if time.monotonic() >= tick or not any(t.is_alive() for t in threads):
-                    now = _Sample(time.monotonic(), sessions)
+                    now = _Sample(time.monotonic(), sessions, self._stream_size)
                     # A sliver at the end (threads finishing) would print noise.
                     if now.when - last.when >= c.interval / 4 or not intervals:
                         interval = self._interval(started, last, now)
@@ -373,7 +377,7 @@ class LoadGenerator:
 
     def _result(self, sessions: list[Any], elapsed: float,
                 intervals: list[Interval]) -> BenchResult:
-        final = _Sample(time.monotonic(), sessions)
+        final = _Sample(time.monotonic(), sessions, self._stream_size)
         timed = [s for s in sessions if s.latency_min_ns >= 0]
         lat = summarize(final.hist, min((s.latency_min_ns for s in timed), default=0),
                         max((s.latency_max_ns for s in timed), default=0),

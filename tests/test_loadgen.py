@@ -1,0 +1,161 @@
+"""``pytcpecho bench``: real servers, short runs; the numbers must add up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support import LOCALHOST, assert_one_line_error, cli, running_server
+
+MIB = 1024 * 1024
+
+
+def bench_json(port: int, *args: str) -> tuple[int, dict[str, Any]]:
+    result = cli("bench", f"{LOCALHOST}:{port}", "--json", *args, timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def assert_consistent(doc: dict[str, Any]) -> None:
+    """The document's figures agree with each other."""
+    for key in ("messages", "messages_per_s", "mib_per_s", "latency_ms", "errors",
+                "integrity_failures", "intervals"):
+        assert key in doc, key
+    lat = doc["latency_ms"]
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    assert doc["bytes_received"] == doc["bytes_sent"]
+    elapsed = doc["duration_s"]
+    assert doc["messages_per_s"] == pytest.approx(doc["messages"] / elapsed, rel=0.01)
+    assert doc["mib_per_s"] == pytest.approx(doc["bytes_received"] / elapsed / MIB, rel=0.01)
+    assert isinstance(doc["intervals"], list) and doc["intervals"]
+    assert sum(i["messages"] for i in doc["intervals"]) <= doc["messages"]
+    for i in doc["intervals"]:
+        assert i["end"] > i["start"]
+        assert i["p50_ms"] <= i["p99_ms"]
+
+
+def test_duration_run_reports_consistent_json(core: str) -> None:
+    with running_server(mode="message", size=1024, core=core) as server:
+        status, doc = bench_json(server.address[1], "--size", "1KiB", "-c", "4",
+                                 "--duration", "0.6", "--interval", "0.2", "--core", core)
+        assert status == 0, doc
+        assert_consistent(doc)
+        assert doc["messages"] > 0
+        assert doc["bytes_received"] == doc["messages"] * 1024
+        assert doc["errors"] == 0 and doc["integrity_failures"] == 0
+        assert len(doc["intervals"]) >= 2
+        assert doc["core"] == core
+        assert server.wait(lambda s: s.bytes_out == doc["bytes_received"], 10)
+
+
+def test_count_is_exact_in_both_modes(core: str, mode: str) -> None:
+    with running_server(mode=mode, size=4096, core=core) as server:
+        status, doc = bench_json(server.address[1], "--size", "4KiB", "-c", "3", "-n", "100",
+                                 "--mode", "message" if mode == "message" else "stream",
+                                 "--core", core)
+        assert status == 0, doc
+        assert doc["messages"] == 100
+        assert doc["bytes_received"] == 100 * 4096
+        assert server.wait(lambda s: s.bytes_out == 100 * 4096 and s.total == 3, 10)
+
+
+def test_connect_each_opens_a_connection_per_message(core: str) -> None:
+    with running_server(mode="message", size=102400, core=core) as server:
+        status, doc = bench_json(server.address[1], "--size", "100KiB", "-c", "2", "-n", "40",
+                                 "--connect-each", "--core", core)
+        assert status == 0, doc
+        assert_consistent(doc)
+        assert doc["messages"] == 40 and doc["connections_opened"] == 40
+        assert server.wait(lambda s: s.total == 40 and s.active == 0, 10)
+
+
+def test_open_loop_rate_sends_the_count() -> None:
+    with running_server(mode="message", size=512) as server:
+        status, doc = bench_json(server.address[1], "--size", "512", "-c", "2", "-n", "50",
+                                 "--rate", "500")
+        assert status == 0, doc
+        assert doc["messages"] == 50 and doc["rate"] == 500
+        # 50 messages due over 0.1 s at the earliest: an open loop never runs ahead.
+        assert doc["duration_s"] >= 0.09
+
+
+def test_text_output_has_intervals_and_summary() -> None:
+    with running_server(mode="message", size=1024) as server:
+        result = cli("bench", f"{LOCALHOST}:{server.address[1]}", "-t", "0.5", "-i", "0.25",
+                     "-c", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"Benchmarking {LOCALHOST}:")
+    assert "msg/s" in lines[1] and "p99 ms" in lines[1]
+    assert any(line.strip().startswith("0.0-0.") for line in lines[2:])
+    assert any(line.startswith("Messages: ") for line in lines)
+    assert any(line.startswith("Latency ms: min ") and "p99.9" in line for line in lines)
+    assert "0 errors, 0 integrity failures" in lines[-1]
+
+
+@contextlib.contextmanager
+def byte_flipping_server(flip_at: int) -> Iterator[int]:
+    """An echo server that corrupts byte ``flip_at`` of each connection's stream."""
+    listener = socket.create_server((LOCALHOST, 0))
+    listener.settimeout(10)
+    stop = threading.Event()
+
+    def serve_one(conn: socket.socket) -> None:
+        seen = 0
+        with conn:
+            while data := conn.recv(65536):
+                buf = bytearray(data)
+                if seen <= flip_at < seen + len(buf):
+                    buf[flip_at - seen] ^= 0xFF
+                seen += len(buf)
+                conn.sendall(buf)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(10)
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(10)
+
+
+def test_integrity_failure_exits_1(core: str) -> None:
+    with byte_flipping_server(flip_at=5000) as port:
+        status, doc = bench_json(port, "--size", "1KiB", "-c", "1", "-n", "20", "--core", core)
+    assert status == 1
+    assert doc["integrity_failures"] == 1
+    assert any("differs from what was sent at byte 5000" in p for p in doc["problems"])
+
+
+def test_nothing_to_connect_to_exits_3() -> None:
+    with socket.socket() as free:
+        free.bind((LOCALHOST, 0))
+        port = free.getsockname()[1]
+    result = cli("bench", f"{LOCALHOST}:{port}", "-t", "1")
+    assert "cannot connect" in assert_one_line_error(result, 3)
+
+
+@pytest.mark.parametrize("args", [
+    ["--mode", "stream", "--rate", "10"],
+    ["--count", "2", "--connections", "5"],
+    ["--count", "2", "--duration", "1"],
+    ["--size", "0"],
+])
+def test_bad_options_exit_2(args: list[str]) -> None:
+    result = cli("bench", f"{LOCALHOST}:9", *args)
+    assert_one_line_error(result, 2)
