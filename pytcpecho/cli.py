@@ -140,8 +140,22 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(run=_serve)
 
 
+SERVE_THREAD_STACK = 256 * 1024  # connection threads run C loops: a small stack suffices
+
+
+def _raise_nofile_limit() -> None:
+    """Room for as many connections as the hard limit allows (soft RLIMIT_NOFILE up to it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _serve(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose, args.quiet)
+    _raise_nofile_limit()
+    threading.stack_size(SERVE_THREAD_STACK)
     try:
         server = EchoServer((args.host, args.port), mode=args.mode, size=args.size,
                             core=args.core, max_clients=args.max_clients,

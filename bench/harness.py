@@ -1,0 +1,217 @@
+"""The bench's moving parts: C references built on demand, servers as processes, loads.
+
+Every server runs in its own process on a port the kernel picks, and every
+load is ``pytcpecho bench --json`` (or the C load generator) in another, so
+server, load and pytest never share a GIL.  Durations are short unless
+PYTCPECHO_BENCH_SECONDS asks for more: the default is the quick mode CI runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BIN = BENCH / "bin"
+SERVERS = BENCH / "servers"
+SECONDS = float(os.environ.get("PYTCPECHO_BENCH_SECONDS", "0.3"))
+FULL = SECONDS >= 2
+IDLE_COUNTS = (1000, 10000) if FULL else (100, 300)
+STREAM_MIB = 1024 if FULL else 64
+C_PROGRAMS = ("echo_thread", "echo_splice", "loadgen")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(ROOT), str(SERVERS), os.environ.get("PYTHONPATH", "")])}
+
+
+# -- C references --------------------------------------------------------------------
+
+def build_c() -> bool:
+    """Compile bench/c/*.c into bench/bin/ when a C compiler exists; False if none."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return False
+    BIN.mkdir(exist_ok=True)
+    for name in C_PROGRAMS:
+        src, out = BENCH / "c" / f"{name}.c", BIN / name
+        newest = max(src.stat().st_mtime, (BENCH / "c" / "common.h").stat().st_mtime)
+        if out.exists() and out.stat().st_mtime >= newest:
+            continue
+        subprocess.run([cc, "-O2", "-pthread", "-o", str(out), str(src)], check=True,
+                       timeout=120)
+    return True
+
+
+# -- servers -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Server:
+    """A peer server: how to start it, and which workloads its protocol can serve."""
+
+    name: str
+    argv: Callable[[], list[str]]
+    native: bool = False  # C: GIL pressure comes from a separate process
+    seed_only: bool = False  # reads 100 KiB, echoes, closes: the seed's pattern only
+
+
+def _py(script: str, *args: str) -> Callable[[], list[str]]:
+    return lambda: [sys.executable, str(SERVERS / script), "0", *args]
+
+
+SERVER_LIST = (
+    Server("c-thread", lambda: [str(BIN / "echo_thread"), "0"], native=True),
+    Server("c-splice", lambda: [str(BIN / "echo_splice"), "0"], native=True),
+    Server("pytcpecho-cython", _py("pytcpecho_server.py", "cython")),
+    Server("pytcpecho-splice", _py("pytcpecho_server.py", "splice")),
+    Server("pytcpecho-python", _py("pytcpecho_server.py", "python")),
+    Server("threading", _py("threading_server.py")),
+    Server("asyncio", _py("asyncio_server.py")),
+    Server("uvloop", _py("asyncio_server.py", "--uvloop")),
+    Server("seed", _py("seed.py"), seed_only=True),
+)
+SERVER_BY_NAME = {s.name: s for s in SERVER_LIST}
+
+BURN_CODE = "import time\nend = time.monotonic() + {0}\nwhile time.monotonic() < end: pass\n"
+
+
+class ServerProcess:
+    """A server in a child process; ``port`` from its 'Server at HOST:PORT' line."""
+
+    def __init__(self, server: Server, burn: bool = False, burn_seconds: float = 600) -> None:
+        argv = server.argv()
+        if burn and not server.native:
+            argv.append("--burn")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=ENV, cwd=ROOT)
+        self.burner: subprocess.Popen[str] | None = None
+        if burn and server.native:
+            self.burner = subprocess.Popen([sys.executable, "-c", BURN_CODE.format(burn_seconds)],
+                                           text=True)
+        self.lines: list[str] = []
+        self._port: list[int] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(30) or not self._port:
+            self.close()
+            raise RuntimeError(f"{server.name} did not start: {self.lines[-5:]}")
+        self.port = self._port[0]
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # keep reading: a chatty server must never block
+            if not self._ready.is_set():
+                self.lines.append(line.rstrip())
+                if m := re.search(r"Server at .*:(\d+)", line):
+                    self._port.append(int(m.group(1)))
+                    self._ready.set()
+        self._ready.set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_mib(self) -> float:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        return kib / 1024
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def close(self) -> None:
+        for proc in (self.burner, self.proc):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def running(server: Server, burn: bool = False) -> Iterator[ServerProcess]:
+    proc = ServerProcess(server, burn, burn_seconds=SECONDS * 4 + 60)
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+# -- loads ---------------------------------------------------------------------------
+
+def pytcpecho_bench(port: int, args: list[str], timeout: float = 300) -> dict[str, Any]:
+    """``pytcpecho bench --json`` in its own process; its JSON document, plus the status."""
+    result = subprocess.run([sys.executable, "-m", "pytcpecho", "bench", f"127.0.0.1:{port}",
+                             "--json", *args], capture_output=True, text=True, env=ENV,
+                            timeout=timeout, cwd=ROOT)
+    if result.returncode not in (0, 1) or not result.stdout.strip():
+        raise RuntimeError(f"bench exited {result.returncode}: {result.stderr.strip()}")
+    doc: dict[str, Any] = json.loads(result.stdout)
+    doc["status"] = result.returncode
+    return doc
+
+
+def c_loadgen(port: int, size: int, connections: int, seconds: float,
+              each: bool = False) -> dict[str, Any]:
+    """The C reference load generator (no verification: an upper bound)."""
+    argv = [str(BIN / "loadgen"), str(port), str(size), str(connections), str(seconds)]
+    result = subprocess.run(argv + (["each"] if each else []), capture_output=True, text=True,
+                            timeout=seconds + 60)
+    fields = dict(kv.split("=") for kv in result.stdout.split())
+    return {"messages": int(fields["messages"]), "duration_s": float(fields["seconds"]),
+            "messages_per_s": float(fields["messages_per_s"]),
+            "mib_per_s": float(fields["mib_per_s"]), "errors": int(fields["errors"]),
+            "integrity_failures": 0, "status": result.returncode}
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def hold_idle(proc: ServerProcess, count: int, timeout: float = 120) -> dict[str, Any]:
+    """Open ``count`` idle connections; the server's RSS once it holds them all."""
+    raise_nofile()
+    base_fds = proc.open_fds()
+    base_rss = proc.rss_mib()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection(("127.0.0.1", proc.port), timeout=30))
+        deadline = time.monotonic() + timeout
+        while proc.open_fds() < base_fds + count:
+            if time.monotonic() > deadline or proc.proc.poll() is not None:
+                raise RuntimeError(f"server holds {proc.open_fds() - base_fds} of {count}")
+            time.sleep(0.05)  # polling the server's /proc: no event to wait on
+        # Threads may still be starting: settle on a stable RSS (bounded).
+        rss = proc.rss_mib()
+        for _ in range(40):
+            time.sleep(0.05)
+            now = proc.rss_mib()
+            if abs(now - rss) < 0.5:
+                break
+            rss = now
+        return {"connections": count, "rss_mib": round(rss, 1),
+                "rss_idle_mib": round(base_rss, 1),
+                "kib_per_connection": round((rss - base_rss) * 1024 / count, 2),
+                "errors": 0, "integrity_failures": 0}
+    finally:
+        for s in socks:
+            s.close()
