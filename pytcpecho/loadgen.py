@@ -311,14 +311,11 @@ class LoadGenerator:
         """Connect everything, run, sample every interval; NoConnection if none connected."""
         c = self.config
         family, sockaddr = self._resolve()
-        sessions: list[Any] = []
-        socks: list[socket.socket | None] = []
-        counts = self._counts()
+        jobs: list[tuple[Any, socket.socket | None, int]] = []
         first_error = ""
-        for count in counts:
+        for count in self._counts():
             if c.connect_each:
-                sessions.append(self._connect_each_session(family, sockaddr))
-                socks.append(None)
+                jobs.append((self._connect_each_session(family, sockaddr), None, count))
                 continue
             try:
                 sock = self._connect(family, sockaddr)
@@ -326,15 +323,15 @@ class LoadGenerator:
                 self._fail(f"cannot connect: {exc.strerror or exc}")
                 first_error = first_error or (exc.strerror or str(exc))
                 continue
-            sessions.append(self.core.ClientSession(sock.fileno(), c.size, self.base, c.mode,
-                                                    c.timeout))
-            socks.append(sock)
-        if not sessions:
+            session = self.core.ClientSession(sock.fileno(), c.size, self.base, c.mode,
+                                              c.timeout)
+            jobs.append((session, sock, count))
+        if not jobs:
             where = format_hostport(c.host, c.port)
             raise NoConnection(f"cannot connect to {where}: {first_error}")
-        threads = [threading.Thread(target=self._drive, args=(s, k, n), daemon=True,
-                                    name=f"bench-{i}")
-                   for i, (s, k, n) in enumerate(zip(sessions, socks, counts, strict=False))]
+        sessions = [job[0] for job in jobs]
+        threads = [threading.Thread(target=self._drive, args=job, daemon=True, name=f"bench-{i}")
+                   for i, job in enumerate(jobs)]
         started = time.monotonic()
         for t in threads:
             t.start()
