@@ -1,0 +1,213 @@
+"""Turn a bench run (pytest-benchmark JSON) into ratios: a Markdown table and a PNG chart.
+
+usage: python bench/report.py bench/results.json [--chart bench/results.png]
+
+Every figure comes from the loadgen's numbers in ``extra_info``; each cell is
+a ratio to the C reference measured in the same run (the C thread server, or
+the C load generator in the loadgen groups), so a shared machine's drift
+between runs cancels out as far as it can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+Entries = dict[str, dict[str, dict[str, Any]]]  # workload -> server -> extra_info
+
+SERVER_ORDER = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-splice",
+                "pytcpecho-python", "threading", "asyncio", "uvloop", "seed")
+
+
+def load(path: Path) -> Entries:
+    doc = json.loads(path.read_text())
+    entries: Entries = defaultdict(dict)
+    for bench in doc["benchmarks"]:
+        info = bench.get("extra_info") or {}
+        if "workload" in info:
+            entries[info["workload"]][info["server"]] = info
+    return entries
+
+
+def metric(workload: str) -> tuple[str, str]:
+    """The figure that matters for a workload, and its unit."""
+    if workload.endswith("-stream"):
+        return "mib_per_s", "MiB/s"
+    if workload.startswith("idle-"):
+        return "rss_mib", "MiB RSS"
+    if workload == "seed-pattern":
+        return "messages_per_s", "conn/s"
+    return "messages_per_s", "msg/s"
+
+
+def reference(workload: str) -> str:
+    return "c-loadgen" if workload.startswith("loadgen-") else "c-thread"
+
+
+def ratio(entries: Entries, workload: str, server: str, ref: str | None = None) -> float | None:
+    key, _ = metric(workload)
+    group = entries.get(workload, {})
+    ref = ref or reference(workload)
+    if server not in group or ref not in group or not group[ref].get(key):
+        return None
+    return float(group[server][key]) / float(group[ref][key])
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def table(entries: Entries) -> str:
+    """One row per workload: the reference's figure, then each server's ratio to it."""
+    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-"))]
+    servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in workloads)]
+    lines = ["| workload | C thread server | " + " | ".join(servers) + " |",
+             "|---|---:|" + "---:|" * len(servers)]
+    for w in workloads:
+        key, unit = metric(w)
+        ref = entries[w].get("c-thread", {}).get(key)
+        cells = []
+        for s in servers:
+            r = ratio(entries, w, s)
+            cells.append("" if r is None else f"{r:.2f}x")
+        lines.append(f"| {w} | {_fmt(ref) + ' ' + unit if ref else ''} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
+
+
+def memory_table(entries: Entries) -> str:
+    idle = sorted((w for w in entries if w.startswith("idle-")), key=lambda w: int(w[5:]))
+    if not idle:
+        return ""
+    servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in idle)]
+    lines = ["| server | " + " | ".join(f"RSS, {w[5:]} idle connections" for w in idle) + " |",
+             "|---|" + "---:|" * len(idle)]
+    for s in servers:
+        cells = []
+        for w in idle:
+            info = entries[w].get(s)
+            cells.append("" if info is None else
+                         f"{info['rss_mib']:.1f} MiB ({info['kib_per_connection']:.1f} KiB/conn)")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def loadgen_table(entries: Entries) -> str:
+    groups = [w for w in entries if w.startswith("loadgen-")]
+    lines = ["| against the C thread server | C load generator | pytcpecho bench | ratio |",
+             "|---|---:|---:|---:|"]
+    for w in groups:
+        g = entries[w]
+        c, p = g.get("c-loadgen", {}), g.get("pytcpecho-bench", {})
+        r = ratio(entries, w, "pytcpecho-bench")
+        lines.append(f"| {w[8:]} | {_fmt(c.get('messages_per_s', 0))} msg/s | "
+                     f"{_fmt(p.get('messages_per_s', 0))} msg/s | "
+                     f"{'' if r is None else f'{r:.2f}x'} |")
+    return "\n".join(lines) if groups else ""
+
+
+def targets(entries: Entries) -> list[tuple[str, str, bool | None]]:
+    """The issue's targets, each as (what, measured, met)."""
+    out: list[tuple[str, str, bool | None]] = []
+
+    def add(what: str, value: float | None, goal: float, above: bool = True,
+            unit: str = "x") -> None:
+        if value is None:
+            out.append((what, "not measured", None))
+            return
+        met = value >= goal if above else value < goal
+        out.append((what, f"{value:.2f}{unit}", met))
+
+    add("cython vs C thread, 100KiB-x10 (>= 1.0x)",
+        ratio(entries, "100KiB-x10", "pytcpecho-cython"), 1.0)
+    add("cython vs C thread, 1KiB-x10 (>= 0.95x)",
+        ratio(entries, "1KiB-x10", "pytcpecho-cython"), 0.95)
+    add("splice vs C splice, 100KiB-x10 (>= 0.95x)",
+        ratio(entries, "100KiB-x10", "pytcpecho-splice", "c-splice"), 0.95)
+    for w in ("gil-100KiB-x10", "gil-1KiB-x10"):
+        add(f"GIL pressure: cython vs C thread + CPU process, {w[4:]} (>= 0.8x)",
+            ratio(entries, w, "pytcpecho-cython"), 0.8)
+        add(f"GIL pressure: cython vs python core, {w[4:]} (>= 30x)",
+            ratio(entries, w, "pytcpecho-cython", "pytcpecho-python"), 30)
+    p99 = entries.get("gil-1KiB-x10", {}).get("pytcpecho-cython", {}).get("latency_p99_ms")
+    add("GIL pressure: cython p99 at 1 KiB (< 2 ms)", p99, 2.0, above=False, unit=" ms")
+    add("connect per message: cython vs C thread (>= 0.7x)",
+        ratio(entries, "seed-pattern", "pytcpecho-cython"), 0.7)
+    add("connect per message: cython vs the seed's server (>= 2x)",
+        ratio(entries, "seed-pattern", "pytcpecho-cython", "seed"), 2.0)
+    add("cython vs uvloop, 100KiB-x10 (>= 1.4x)",
+        ratio(entries, "100KiB-x10", "pytcpecho-cython", "uvloop"), 1.4)
+    idle = [w for w in entries if w.startswith("idle-")]
+    if idle:
+        most = max(idle, key=lambda w: int(w[5:]))
+        rss = entries[most].get("pytcpecho-cython", {}).get("rss_mib")
+        add(f"cython RSS with {most[5:]} idle connections (< 512 MiB)", rss, 512,
+            above=False, unit=" MiB")
+    errors = entries.get("1000-connections", {}).get("pytcpecho-cython", {}).get("errors")
+    add("1000 active connections: errors (== 0)", None if errors is None else float(errors),
+        0.5, above=False, unit="")
+    for w in ("loadgen-100KiB-x10", "loadgen-1KiB-x10"):
+        add(f"pytcpecho bench vs C load generator, {w[8:]} (>= 0.9x)",
+            ratio(entries, w, "pytcpecho-bench"), 0.9)
+    return out
+
+
+def targets_table(entries: Entries) -> str:
+    lines = ["| target | measured | met |", "|---|---:|:---:|"]
+    for what, value, met in targets(entries):
+        lines.append(f"| {what} | {value} | {'' if met is None else ('yes' if met else 'no')} |")
+    return "\n".join(lines)
+
+
+def chart(entries: Entries, path: Path) -> None:
+    """Grouped bars: each server's ratio to the C thread server, per workload (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-"))]
+    servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in workloads)]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(servers)
+    for i, s in enumerate(servers):
+        xs, ys = [], []
+        for j, w in enumerate(workloads):
+            r = ratio(entries, w, s)
+            if r:
+                xs.append(j + i * width - 0.4 + width / 2)
+                ys.append(r)
+        ax.bar(xs, ys, width, label=s)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(workloads)), workloads, rotation=15)
+    ax.set_ylabel("throughput / C thread server (log)")
+    ax.set_title("pytcpecho bench: echo throughput relative to a C thread-per-connection server")
+    ax.legend(ncol=5, fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("--chart", type=Path, default=None, help="write a PNG chart here")
+    args = parser.parse_args()
+    entries = load(args.results)
+    parts = ["Throughput, as a ratio to the C thread server in the same run:", table(entries)]
+    if lg := loadgen_table(entries):
+        parts += ["Load generator (10 connections, message -> echo loop):", lg]
+    if mem := memory_table(entries):
+        parts += ["Server memory with idle connections:", mem]
+    parts += ["Targets:", targets_table(entries)]
+    print("\n\n".join(parts))
+    if args.chart:
+        chart(entries, args.chart)
+
+
+if __name__ == "__main__":
+    main()
