@@ -312,13 +312,23 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="message: round trips of --size; stream: continuous transfer")
     p.add_argument("--interval", "-i", type=SECONDS, default=1.0,
                    help="seconds between report lines (default: 1)")
-    p.add_argument("--rate", type=SECONDS, default=None, metavar="MSG_PER_S",
+    p.add_argument("--rate", type=_arg(_rate, "rate"), default=None, metavar="MSG_PER_S",
                    help="open loop at this many messages/s in all (default: closed loop)")
     p.add_argument("--connect-each", action="store_true",
                    help="a new connection for every message (the seed's pattern)")
     p.add_argument("--seed", type=int, default=None, help="payload seed (default: random)")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.set_defaults(run=_bench)
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid rate {text!r}: give messages per second, e.g. 1000") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"invalid rate {text!r}: must be positive")
+    return value
 
 
 def _bench(args: argparse.Namespace) -> int:
