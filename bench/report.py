@@ -78,6 +78,32 @@ def table(entries: Entries) -> str:
     return "\n".join(lines)
 
 
+def cpu_ratio(entries: Entries, workload: str, server: str, ref: str = "c-thread") -> float | None:
+    """Reference's server CPU per message / this server's: above 1 means cheaper than C."""
+    group = entries.get(workload, {})
+    key = "server_cpu_us_per_message"
+    mine, theirs = group.get(server, {}).get(key), group.get(ref, {}).get(key)
+    return float(theirs) / float(mine) if mine and theirs else None
+
+
+def cpu_table(entries: Entries) -> str:
+    """Server CPU per message: far steadier than throughput on a shared machine."""
+    workloads = [w for w in entries
+                 if any("server_cpu_us_per_message" in i for i in entries[w].values())]
+    if not workloads:
+        return ""
+    servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in workloads)]
+    lines = ["| workload | " + " | ".join(servers) + " |", "|---|" + "---:|" * len(servers)]
+    for w in workloads:
+        cells = []
+        for s in servers:
+            us = entries[w].get(s, {}).get("server_cpu_us_per_message")
+            r = cpu_ratio(entries, w, s)
+            cells.append("" if us is None else f"{us:.2f} ({r:.2f}x)" if r else f"{us:.2f}")
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def memory_table(entries: Entries) -> str:
     idle = sorted((w for w in entries if w.startswith("idle-")), key=lambda w: int(w[5:]))
     if not idle:
@@ -125,6 +151,10 @@ def targets(entries: Entries) -> list[tuple[str, str, bool | None]]:
         ratio(entries, "100KiB-x10", "pytcpecho-cython"), 1.0)
     add("cython vs C thread, 1KiB-x10 (>= 0.95x)",
         ratio(entries, "1KiB-x10", "pytcpecho-cython"), 0.95)
+    add("  same, by server CPU per message (C's / cython's)",
+        cpu_ratio(entries, "100KiB-x10", "pytcpecho-cython"), 1.0)
+    add("  same at 1KiB-x10, by server CPU per message",
+        cpu_ratio(entries, "1KiB-x10", "pytcpecho-cython"), 0.95)
     add("splice vs C splice, 100KiB-x10 (>= 0.95x)",
         ratio(entries, "100KiB-x10", "pytcpecho-splice", "c-splice"), 0.95)
     for w in ("gil-100KiB-x10", "gil-1KiB-x10"):
@@ -199,6 +229,9 @@ def main() -> None:
     args = parser.parse_args()
     entries = load(args.results)
     parts = ["Throughput, as a ratio to the C thread server in the same run:", table(entries)]
+    if cpu := cpu_table(entries):
+        parts += ["Server CPU per message, microseconds (ratio: the C thread server's CPU per "
+                  "message / this server's; above 1 is cheaper than C):", cpu]
     if lg := loadgen_table(entries):
         parts += ["Load generator (10 connections, message -> echo loop):", lg]
     if mem := memory_table(entries):

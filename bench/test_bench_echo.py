@@ -45,7 +45,7 @@ def _record(benchmark: Any, workload: str, server: str, doc: dict[str, Any]) -> 
     info = {"workload": workload, "server": server}
     for key in ("messages", "messages_per_s", "mib_per_s", "errors", "integrity_failures",
                 "duration_s", "connections_opened", "rss_mib", "rss_idle_mib",
-                "kib_per_connection", "connections"):
+                "kib_per_connection", "connections", "server_cpu_us_per_message"):
         if key in doc:
             info[key] = doc[key]
     lat = doc.get("latency_ms")
@@ -73,8 +73,13 @@ def test_echo(benchmark: Any, c_built: bool, workload: str, server_name: str) ->
     benchmark.group = workload
     burn = workload.startswith("gil-")
     with harness.running(server, burn=burn) as proc:
+        cpu = proc.cpu_seconds()
         doc = benchmark.pedantic(harness.pytcpecho_bench, args=(proc.port, WORKLOADS[workload]),
                                  rounds=1, iterations=1)
+        cpu = proc.cpu_seconds() - cpu
+    if doc.get("messages") and not burn:
+        # CPU per message: a figure other jobs on a shared machine disturb far less.
+        doc["server_cpu_us_per_message"] = round(cpu / doc["messages"] * 1e6, 3)
     _record(benchmark, workload, server_name, doc)
     _check(server_name, doc)
 

@@ -402,7 +402,8 @@ COLUMNS = f"{'interval s':>13} {'msg/s':>11} {'MiB/s':>10} {'p50 ms':>9} {'p99 m
 
 
 def interval_line(i: Interval) -> str:
-    span = f"{i.start:.1f}-{i.end:.1f}"
+    digits = 1 if i.end - i.start >= 0.95 else 2
+    span = f"{i.start:.{digits}f}-{i.end:.{digits}f}"
     return (f"{span:>13} {i.messages_per_s:>11.1f} {i.mib_per_s:>10.1f} "
             f"{i.p50_ms:>9.3f} {i.p99_ms:>9.3f}")
 
