@@ -67,5 +67,6 @@ def _convert(action: argparse.Action, text: str) -> object:
 def _one(action: argparse.Action, text: str) -> object:
     value = action.type(text) if callable(action.type) else text
     if action.choices is not None and value not in action.choices:
-        raise ValueError(f"invalid choice {text!r}: choose from {', '.join(map(str, action.choices))}")
+        choices = ", ".join(map(str, action.choices))
+        raise ValueError(f"invalid choice {text!r}: choose from {choices}")
     return value
