@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ipaddress
 import json
 import logging
 import os
@@ -145,6 +146,11 @@ class Supervisor:
     def run(self) -> int:
         """Serve until a signal, then stop every worker; the exit status of ``serve``."""
         host, port = self.args.host, self.args.port
+        for cidr in [*self.args.allow, *self.args.deny]:  # one error line here, not N later
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise SupervisorError(str(exc)) from None
         try:
             holder = reserve_port(host, port)
         except OSError as exc:
@@ -249,7 +255,7 @@ class Supervisor:
                             worker.index, worker.proc.pid)
                 worker.proc.kill()
                 worker.proc.wait()
-            if worker.proc.returncode != 0:
+            if worker.proc.returncode not in (0, -signum):  # -signum: stopped before serving
                 failed = True
             self._collect(worker)
             del self.workers[worker.index]

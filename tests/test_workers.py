@@ -140,6 +140,12 @@ def test_workers_on_a_taken_port_is_one_line_error() -> None:
     assert f"cannot listen on *:{port}" in line
 
 
+def test_workers_with_bad_options_is_one_line_error() -> None:
+    result = cli("serve", "--port", "0", "--workers", "2", "--allow", "nonsense")
+    assert "nonsense" in assert_one_line_error(result, 2)
+    assert "Worker" not in result.stdout
+
+
 def test_reuse_port_lets_two_servers_share_a_port() -> None:
     with ServeProcess("--port", "0", "--reuse-port") as first:
         port = first.wait_listening()
