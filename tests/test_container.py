@@ -223,6 +223,8 @@ def test_compose_services_in_network_namespaces(runtime: Stage) -> None:
     services = compose["services"]
     clients = [name for name in services if name != "server"]
     assert len(clients) == 2
+    for service in services.values():  # all run the Dockerfile's image, its ENTRYPOINT
+        assert service["build"] == "." and "entrypoint" not in service
     for name in clients:
         assert services[name]["depends_on"]["server"]["condition"] == "service_healthy"
         assert services[name]["networks"] == services["server"]["networks"]

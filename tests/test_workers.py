@@ -53,7 +53,7 @@ def started(server: ServeProcess, count: int) -> tuple[int, dict[int, int]]:
     ports = set()
     while len(ports) < count or len(pids) < count:
         m = server.wait_for(r"^Worker (\d+) started \(pid (\d+)\)$|^\[worker (\d+)\] Server at "
-                            r"\[::\]:(\d+)")
+                            r"\[::\]:(\d+)", timeout=30)
         if m[1]:
             pids[int(m[1])] = int(m[2])
         else:
