@@ -243,7 +243,12 @@ def test_compose_services_in_network_namespaces(runtime: Stage) -> None:
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                     env=local_env(runtime.env))
                 for name in clients}
-        outputs = {name: proc.communicate(timeout=30)[0] for name, proc in runs.items()}
+        try:
+            outputs = {name: proc.communicate(timeout=30)[0] for name, proc in runs.items()}
+        finally:
+            for proc in runs.values():
+                proc.kill()
+                proc.wait(10)
         for name, proc in runs.items():
             assert proc.returncode == 0, outputs[name]
             assert outputs[name].splitlines()[:3] == SEED_CLIENT[:3]
