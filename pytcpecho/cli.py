@@ -143,8 +143,10 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _serve_command(args: argparse.Namespace) -> int:
     """serve: options from the environment too, and one process or a supervisor of many."""
-    if args.env_error:
-        raise UsageError(args.env_error)
+    try:
+        config.finish(args)
+    except config.EnvError as exc:
+        raise UsageError(str(exc)) from None
     if args.workers == 1:
         return _serve(args)
     from . import supervisor

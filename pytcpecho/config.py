@@ -5,7 +5,7 @@ long option of ``serve`` also reads ``PYTCPECHO_`` plus its name in capitals
 (``--max-clients`` from ``PYTCPECHO_MAX_CLIENTS``).  A flag on the command line
 wins over the variable; an empty variable counts as unset.  A bad value is not
 reported while the parser is built (other commands must not fail for it) but
-kept as ``args.env_error``, one line naming the variable.
+kept for ``finish(args)`` to raise after parsing, one line naming the variable.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def apply_env(parser: argparse.ArgumentParser,
               environ: Mapping[str, str] | None = None) -> None:
     """Make each set PYTCPECHO_* variable the default of its option (flags still win)."""
     environ = os.environ if environ is None else environ
-    defaults: dict[str, object] = {"env_error": None}
+    late: dict[str, object] = {}
+    defaults: dict[str, object] = {"env_error": None, "env_late": late}
     for action in parser._actions:
         name = env_name(action)
         if name is None:
@@ -42,11 +43,29 @@ def apply_env(parser: argparse.ArgumentParser,
         if not text:
             continue
         try:
-            defaults[action.dest] = _convert(action, text)
+            value = _convert(action, text)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
             defaults["env_error"] = f"{name}={text!r}: {exc}"
             break
+        if isinstance(action, argparse._AppendAction | argparse._CountAction):
+            late[action.dest] = value  # argparse adds flags to a default: set it after
+        else:
+            defaults[action.dest] = value
     parser.set_defaults(**defaults)
+
+
+class EnvError(ValueError):
+    """A PYTCPECHO_* variable has a value its option does not accept."""
+
+
+def finish(args: argparse.Namespace) -> None:
+    """After parsing: raise EnvError for a bad variable; fill -v/--allow-like options
+    from the environment where no flag gave them."""
+    if args.env_error:
+        raise EnvError(args.env_error)
+    for dest, value in args.env_late.items():
+        if not getattr(args, dest):
+            setattr(args, dest, value)
 
 
 def _convert(action: argparse.Action, text: str) -> object:

@@ -116,9 +116,9 @@ class Supervisor:
 
     def _spec(self, port: int) -> str:
         """The worker's options: this serve's, one process, on the held port."""
-        spec = {k: v for k, v in vars(self.args).items()
+        spec: dict[str, Any] = {k: v for k, v in vars(self.args).items()
                 if isinstance(v, str | int | float | bool | list | type(None))}
-        spec.update(port=port, workers=1, reuse_port=True, report_stats=None)
+        spec.update(port=port, workers=1, reuse_port=True, report_stats=None, env_late={})
         return json.dumps(spec)
 
     def _spawn(self, index: int, spec: str) -> None:

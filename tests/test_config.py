@@ -9,7 +9,8 @@ import re
 import pytest
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli
 
-from pytcpecho import EchoClient, logs
+from pytcpecho import EchoClient, config, logs
+from pytcpecho.cli import build_parser
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,6 +40,29 @@ def test_flags_win_over_the_environment() -> None:
         assert server.wait_listening() != 1
         mode, size, _, clients, _ = server.wait_for(SETTINGS).groups()
     assert (mode, size, clients) == ("stream", "102400", "9")
+
+
+def test_flags_replace_list_variables() -> None:
+    """--deny adds to its default: the variable must not be added to the flags."""
+    env = {"PYTCPECHO_DENY": "127.0.0.0/8"}
+    with ServeProcess("--port", "0", "--host", "127.0.0.1", "--deny", "10.0.0.0/8",
+                      env=env) as server:
+        port = server.wait_listening()
+        assert EchoClient(LOCALHOST, port, size=64).run().intact  # 127.0.0.1 not denied
+    with ServeProcess("--port", "0", "--host", "127.0.0.1", env=env) as server:
+        port = server.wait_listening()
+        assert not EchoClient(LOCALHOST, port, size=64, timeout=5).run().intact
+        server.wait_for(r"Refused client at \('127\.0\.0\.1'")  # --deny from the environment
+
+
+def test_flags_replace_count_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTCPECHO_VERBOSE", "2")
+    monkeypatch.setenv("PYTCPECHO_ALLOW", "10.0.0.0/8, 192.168.0.0/16")
+    for argv, verbose, allow in ((["serve"], 2, ["10.0.0.0/8", "192.168.0.0/16"]),
+                                 (["serve", "-v", "--allow", "::1"], 1, ["::1"])):
+        args = build_parser().parse_args(argv)
+        config.finish(args)
+        assert (args.verbose, args.allow) == (verbose, allow)
 
 
 @pytest.mark.parametrize("name, value", [
