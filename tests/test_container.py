@@ -187,9 +187,45 @@ def serve_and_check_health(net: Network, runtime: Stage, argv: list[str],
     return server
 
 
-def stop_within_grace(server: Any, env: dict[str, str]) -> str:
+# A client in the middle of a message when the server is told to stop: it sends half,
+# waits for a line on stdin, sends the rest and checks the whole echo.
+IN_FLIGHT = """
+import socket, sys
+data = bytes(range(256)) * 400
+with socket.create_connection(("server", 8000), timeout=20) as s:
+    s.sendall(data[:50000])
+    print("half sent", flush=True)
+    sys.stdin.readline()
+    s.sendall(data[50000:])
+    got = b""
+    while len(got) < len(data) and (chunk := s.recv(65536)):
+        got += chunk
+print("intact" if got == data else f"broken after {len(got)} bytes", flush=True)
+"""
+
+
+def stop_within_grace(net: Network, server: Any, env: dict[str, str], client: str) -> str:
+    """SIGTERM with a connection in flight: new clients are refused, that one finishes,
+    and the server exits 0 with its summary within the grace period."""
     grace = float(env.get("PYTCPECHO_GRACE", 10))
-    server.proc.terminate()
+    flight = subprocess.Popen(net.argv(client, [sys.executable, "-c", IN_FLIGHT]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert flight.stdout is not None and flight.stdin is not None
+        assert flight.stdout.readline() == "half sent\n"
+        server.wait_for(rf"^Connected by client at \('{net.addresses[client]}', \d+\)$")
+        server.proc.terminate()
+        ping = local_command(["pytcpecho", "ping", "--timeout", "3", "server:8000"])
+        for _ in range(50):  # until the server has stopped accepting
+            if net.run(client, ping, env).returncode == 3:
+                break
+        else:
+            raise AssertionError("the server still accepts clients after SIGTERM")
+        out, _ = flight.communicate("go\n", timeout=grace)
+        assert out == "intact\n", out
+    finally:
+        flight.kill()
+        flight.wait(10)
     assert server.proc.wait(grace) == 0, server.output()
     output = server.output()
     assert re.search(r"^Served \d+ connections, echoed \d+ bytes, 0 errors$", output, re.M), output
@@ -210,7 +246,7 @@ def test_dockerfile_commands_in_a_network_namespace(runtime: Stage) -> None:
         assert client.stdout.splitlines()[:3] == SEED_CLIENT[:3]
         assert client.stdout.splitlines()[-1] == "Client finished."
         server.wait_for(rf"^Connected by client at \('{net.addresses['client']}', \d+\)$")
-        output = stop_within_grace(server, env)
+        output = stop_within_grace(net, server, env, "client")
     sys.stdout.write(f"\n$ {' '.join(entrypoint + cmd)}  # in namespace 'server'\n{output}\n"
                      f"$ pytcpecho client server:8000  # in namespace 'client'\n{client.stdout}")
 
@@ -256,8 +292,8 @@ def test_compose_services_in_network_namespaces(runtime: Stage) -> None:
         peers = {server.wait_for(r"^Connection closed by client at \('(198[\d.]+)', \d+\)$")[1]
                  for _ in clients}
         assert peers == {net.addresses[name] for name in clients}  # one address each
-        output = stop_within_grace(server, server_env)
-    assert output.count("Received 102400 bytes") == 2
+        output = stop_within_grace(net, server, server_env, clients[0])
+    assert output.count("Received 102400 bytes") == 3  # two clients, one stopped in flight
     assert output.count("Data sent back to client") == output.count("Received ")
     sys.stdout.write(f"\n# compose: server\n{output}\n" + "".join(
         f"# compose: {name}\n{text}" for name, text in outputs.items()))
