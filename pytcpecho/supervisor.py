@@ -173,12 +173,13 @@ class Supervisor:
             for index in range(1, self.count + 1):
                 self._spawn(index, spec)
             self._watch(wake_r, spec)
-            return self._stop(wake_r)
+            return self._stop()
         finally:
             for worker in self.workers.values():  # only after an error: normally all reaped
                 with contextlib.suppress(OSError):
                     worker.proc.kill()
                 worker.proc.wait()
+                os.close(worker.stats_fd)
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -242,7 +243,7 @@ class Supervisor:
 
     # -- stopping -------------------------------------------------------------
 
-    def _stop(self, wake_r: int) -> int:
+    def _stop(self) -> int:
         signum = self._signal or signal.SIGTERM
         self._forward(signum)
         deadline = time.monotonic() + float(self.args.grace) + STOP_MARGIN
