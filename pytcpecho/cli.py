@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
 
+from . import config, logs
 from . import core as cores
 from ._version import __version__
 from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult
@@ -83,16 +84,8 @@ PORT = _arg(lambda t: parse_port(t, allow_zero=True), "port")
 TARGET = _arg(parse_hostport, "address")
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    detailed = verbose > 0
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(threadName)s %(message)s" if detailed else "%(message)s"))
-    root = logging.getLogger("pytcpecho")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    root.setLevel(logging.DEBUG if detailed else logging.INFO)
-    logging.getLogger("pytcpecho.conn").setLevel(logging.WARNING if quiet else logging.NOTSET)
+def _setup_logging(verbose: int, quiet: bool, fmt: str = "text") -> None:
+    logs.setup(verbose, quiet, fmt)
 
 
 def _say(line: str) -> None:
@@ -135,9 +128,35 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--grace", type=SECONDS, default=DEFAULT_GRACE,
                    help="on SIGTERM/SIGINT, let connections finish for this many seconds "
                         f"(default: {DEFAULT_GRACE:g})")
+    p.add_argument("--workers", type=COUNT, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT), restarted if "
+                        "they die (default: 1)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="let other processes listen on the same port (SO_REUSEPORT)")
+    p.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                   help="text: plain lines; json: one JSON object per line (default: text)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-connection lines")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
-    p.set_defaults(run=_serve)
+    p.set_defaults(run=_serve_command, report_stats=None)
+    config.apply_env(p)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    """serve: options from the environment too, and one process or a supervisor of many."""
+    try:
+        config.finish(args)
+    except config.EnvError as exc:
+        raise UsageError(str(exc)) from None
+    if args.workers == 1:
+        return _serve(args)
+    from . import supervisor
+
+    _setup_logging(args.verbose, args.quiet, args.log_format)
+    try:
+        cores.load(args.core)
+        return supervisor.run(args)
+    except (RuntimeError, supervisor.SupervisorError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 SERVE_THREAD_STACK = 256 * 1024  # connection threads run C loops: a small stack suffices
@@ -153,14 +172,14 @@ def _raise_nofile_limit() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _setup_logging(args.verbose, args.quiet)
+    _setup_logging(args.verbose, args.quiet, args.log_format)
     _raise_nofile_limit()
     threading.stack_size(SERVE_THREAD_STACK)
     try:
         server = EchoServer((args.host, args.port), mode=args.mode, size=args.size,
                             core=args.core, max_clients=args.max_clients,
                             idle_timeout=args.idle_timeout, max_bytes=args.max_bytes,
-                            allow=args.allow, deny=args.deny)
+                            allow=args.allow, deny=args.deny, reuse_port=args.reuse_port)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -189,6 +208,8 @@ def _serve(args: argparse.Namespace) -> int:
     serving.join()
     s = server.stats
     log.info("Served %d connections, echoed %d bytes, %d errors", s.total, s.bytes_out, s.errors)
+    if args.report_stats:  # a worker of serve --workers: its supervisor sums these
+        args.report_stats(s)
     return EXIT_OK
 
 

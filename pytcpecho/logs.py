@@ -1,0 +1,107 @@
+"""Log output for people (text, the seed's lines) or for log collectors (JSON lines).
+
+``--log-format json`` writes one JSON object per line: time, level, logger,
+message, plus the structured fields a record carries: ``peer`` from an address
+argument, ``bytes``/``connections``/``errors``/``seconds`` from the number
+before that word in the message, anything passed as ``extra=``, and the
+``worker``/``pid`` of a ``serve --workers`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from .units import format_hostport
+
+FORMATS = ("text", "json")
+
+# Attributes every LogRecord has: anything else on a record is a structured field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa%]")
+_WORD_AFTER = re.compile(r"\s+([a-z]+)")
+_FIELD_NAMES = {"s": "seconds", "connection": "connections", "byte": "bytes",
+                "error": "errors", "client": "clients"}
+
+
+def structured_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a record carries besides its message, for machines to read."""
+    fields: dict[str, Any] = {}
+    args = record.args if isinstance(record.args, tuple) else ()
+    text = str(record.msg)
+    placeholders = [m for m in _PLACEHOLDER.finditer(text) if m.group() != "%%"]
+    for placeholder, arg in zip(placeholders, args, strict=False):
+        if isinstance(arg, tuple) and _is_address(arg):
+            fields.setdefault("peer", format_hostport(str(arg[0]), int(arg[1])))
+        elif placeholder.group()[-1] in "dig" and isinstance(arg, int | float):
+            word = _WORD_AFTER.match(text, placeholder.end())
+            if word:
+                fields.setdefault(_FIELD_NAMES.get(word[1], word[1]), arg)
+    for key, value in vars(record).items():
+        if key not in _STANDARD and not key.startswith("_"):
+            fields[key] = value
+    return fields
+
+
+def _is_address(arg: tuple[object, ...]) -> bool:
+    return (len(arg) >= 2 and isinstance(arg[0], str)
+            and isinstance(arg[1], int))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+                            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in structured_fields(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The seed's plain lines; a worker of ``serve --workers`` prefixes its number."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        worker = getattr(record, "worker", None)
+        return f"[worker {worker}] {text}" if worker is not None else text
+
+
+def setup(verbose: int = 0, quiet: bool = False, fmt: str = "text") -> None:
+    """Send pytcpecho's log to stdout in ``fmt``; -v adds detail, -q drops per-connection lines."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    handler = logging.StreamHandler(sys.stdout)
+    detailed = verbose > 0
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(
+        "%(asctime)s %(threadName)s %(message)s" if detailed else "%(message)s"))
+    root = logging.getLogger("pytcpecho")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if detailed else logging.INFO)
+    logging.getLogger("pytcpecho.conn").setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
+def tag_records(**fields: Any) -> None:
+    """Add ``fields`` to every log record of this process (a worker's number and pid)."""
+    make_record = logging.getLogRecordFactory()
+
+    def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        for key, value in fields.items():
+            setattr(record, key, value)
+        return record
+
+    logging.setLogRecordFactory(tagged)

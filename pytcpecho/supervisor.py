@@ -1,0 +1,317 @@
+"""``serve --workers N``: N server processes on one port, kept alive and stopped together.
+
+Every worker is an ordinary ``serve`` (the same code, the same graceful stop)
+listening with SO_REUSEPORT, so the kernel spreads new connections over them
+and no GIL is shared.  The supervisor holds the port (bound, never listening,
+so it gets no connections) for the workers to rebind after a restart, forwards
+SIGTERM/SIGINT, starts a new worker when one dies, and sums the counters the
+workers send back on exit over a pipe.  A worker also dies with its
+supervisor (PR_SET_PDEATHSIG), so none is ever left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ipaddress
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from . import logs
+from .server import ServerStats
+from .units import format_hostport
+
+log = logging.getLogger("pytcpecho.supervisor")
+
+STOP_MARGIN = 5.0  # seconds past --grace before a worker that has not stopped is killed
+QUICK_DEATH = 1.0  # a worker that dies younger than this is restarted after a pause
+_PR_SET_PDEATHSIG = 1
+_COUNTERS = ("total", "bytes_in", "bytes_out", "errors", "refused")
+
+
+class SupervisorError(Exception):
+    """The workers cannot run (port taken, a worker refused its options)."""
+
+
+@dataclass
+class Worker:
+    """One server process and the pipe its final counters come back on."""
+
+    index: int
+    proc: subprocess.Popen[bytes]
+    stats_fd: int
+    started: float = field(default_factory=time.monotonic)
+
+    def counters(self) -> dict[str, int] | None:
+        """What the worker reported on a clean exit; None if it died without a word."""
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(self.stats_fd, 65536):
+                data += chunk
+        os.close(self.stats_fd)
+        try:
+            report = json.loads(data.decode())
+            return {key: int(report[key]) for key in _COUNTERS}
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (never listen) where the workers will listen: resolves port 0, holds the port."""
+    dualstack = host in ("", "::") and socket.has_dualstack_ipv6()
+    address: tuple[Any, ...]
+    if dualstack:
+        family, address = socket.AF_INET6, ("::", port)
+    else:
+        family, _, _, _, address = socket.getaddrinfo(
+            host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if dualstack:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+class Supervisor:
+    """Runs ``count`` workers of the ``serve`` options in ``args`` until SIGTERM/SIGINT."""
+
+    def __init__(self, args: argparse.Namespace, count: int) -> None:
+        self.args = args
+        self.count = count
+        self.workers: dict[int, Worker] = {}
+        self.totals = dict.fromkeys(_COUNTERS, 0)
+        self.lost = 0  # workers whose counters died with them
+        self.restarts = 0
+        self._signal: int | None = None
+        self._fatal: int | None = None
+        self._restart_at: dict[int, float] = {}
+
+    # -- starting -------------------------------------------------------------
+
+    def _spec(self, port: int) -> str:
+        """The worker's options: this serve's, one process, on the held port."""
+        spec: dict[str, Any] = {k: v for k, v in vars(self.args).items()
+                if isinstance(v, str | int | float | bool | list | type(None))}
+        spec.update(port=port, workers=1, reuse_port=True, report_stats=None, env_late={})
+        return json.dumps(spec)
+
+    def _spawn(self, index: int, spec: str) -> None:
+        read_fd, write_fd = os.pipe()
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pytcpecho.supervisor", spec, str(index),
+                 str(os.getpid()), str(write_fd)],
+                pass_fds=(write_fd,), env=env,
+                start_new_session=True)  # a terminal's Ctrl-C reaches us only; we forward it
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.workers[index] = Worker(index, proc, read_fd)
+        log.info("Worker %d started (pid %d)", index, proc.pid)
+
+    # -- running --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until a signal, then stop every worker; the exit status of ``serve``."""
+        host, port = self.args.host, self.args.port
+        for cidr in [*self.args.allow, *self.args.deny]:  # one error line here, not N later
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise SupervisorError(str(exc)) from None
+        try:
+            holder = reserve_port(host, port)
+        except OSError as exc:
+            where = format_hostport(host or "*", port)
+            raise SupervisorError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        previous = {sig: signal.getsignal(sig)
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_stop_signal)
+            signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select()
+            bound = holder.getsockname()
+            spec = self._spec(bound[1])
+            log.info("Supervisor (pid %d): %d workers on %s", os.getpid(), self.count,
+                     format_hostport(host or "*", bound[1]))
+            for index in range(1, self.count + 1):
+                self._spawn(index, spec)
+            self._watch(wake_r, spec)
+            return self._stop()
+        finally:
+            for worker in self.workers.values():  # only after an error: normally all reaped
+                with contextlib.suppress(OSError):
+                    worker.proc.kill()
+                worker.proc.wait()
+                os.close(worker.stats_fd)
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(wake_r)
+            os.close(wake_w)
+            holder.close()
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._signal is not None:  # a second one during the stop: pass it on too
+            self._forward(signum)
+        self._signal = signum
+
+    def _forward(self, signum: int) -> None:
+        for worker in self.workers.values():
+            if worker.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signum)
+
+    def _watch(self, wake_r: int, spec: str) -> None:
+        """Until a stop signal: reap dead workers and start their replacements."""
+        while self._signal is None and self._fatal is None:
+            timeout = None
+            if self._restart_at:
+                timeout = max(0.0, min(self._restart_at.values()) - time.monotonic())
+            select.select([wake_r], [], [], timeout)
+            _drain(wake_r)
+            for worker in list(self.workers.values()):
+                if self._signal is None and worker.proc.poll() is not None:
+                    self._bury(worker)
+            now = time.monotonic()
+            for index, when in list(self._restart_at.items()):
+                if when <= now and self._signal is None and self._fatal is None:
+                    del self._restart_at[index]
+                    self._spawn(index, spec)
+
+    def _bury(self, worker: Worker) -> None:
+        """Count what a dead worker reported and plan its replacement."""
+        del self.workers[worker.index]
+        status = worker.proc.returncode
+        self._collect(worker)
+        lived = time.monotonic() - worker.started
+        if status == 2 and lived < QUICK_DEATH * 5:  # it refused its options: so would others
+            log.error("Worker %d (pid %d) could not start (status 2): stopping",
+                      worker.index, worker.proc.pid)
+            self._fatal = 2
+            return
+        pause = QUICK_DEATH if lived < QUICK_DEATH else 0.0
+        log.warning("Worker %d (pid %d) %s: starting a new one%s", worker.index,
+                    worker.proc.pid, _describe_exit(status),
+                    f" in {pause:g} s" if pause else "")
+        self.restarts += 1
+        self._restart_at[worker.index] = time.monotonic() + pause
+
+    def _collect(self, worker: Worker) -> None:
+        counters = worker.counters()
+        if counters is None:
+            self.lost += 1
+            return
+        for key, value in counters.items():
+            self.totals[key] += value
+
+    # -- stopping -------------------------------------------------------------
+
+    def _stop(self) -> int:
+        signum = self._signal or signal.SIGTERM
+        self._forward(signum)
+        deadline = time.monotonic() + float(self.args.grace) + STOP_MARGIN
+        failed = self._fatal is not None
+        for worker in list(self.workers.values()):
+            try:
+                worker.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("Worker %d (pid %d) did not stop in time: killing it",
+                            worker.index, worker.proc.pid)
+                worker.proc.kill()
+                worker.proc.wait()
+            if worker.proc.returncode not in (0, -signum):  # -signum: stopped before serving
+                failed = True
+            self._collect(worker)
+            del self.workers[worker.index]
+        t = self.totals
+        log.info("Served %d connections, echoed %d bytes, %d errors in %d workers%s",
+                 t["total"], t["bytes_out"], t["errors"], self.count,
+                 f" ({self.restarts} restarted, {self.lost} lost their counters)"
+                 if self.restarts or self.lost else "")
+        if self._fatal is not None:
+            return self._fatal
+        return 1 if failed else 0
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
+
+
+def run(args: argparse.Namespace) -> int:
+    """``serve --workers N`` (N >= 2)."""
+    return Supervisor(args, int(args.workers)).run()
+
+
+# -- the worker side ------------------------------------------------------------
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM when the supervisor dies, however it dies (Linux); exit if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        sys.exit(0)
+
+
+def worker_main(argv: list[str]) -> int:
+    """A worker: the ordinary ``serve`` with the supervisor's options, reporting on exit."""
+    spec, index, parent, stats_fd = json.loads(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    die_with_parent(parent)
+    logs.tag_records(worker=index, pid=os.getpid())
+    from .cli import EXIT_USAGE, UsageError, _serve
+
+    args = argparse.Namespace(**spec)
+
+    def report(stats: ServerStats) -> None:
+        counters: dict[str, Any] = {key: getattr(stats, key) for key in _COUNTERS}
+        os.write(stats_fd, json.dumps({"pid": os.getpid(), **counters}).encode() + b"\n")
+
+    args.report_stats = report
+    try:
+        return _serve(args)
+    except UsageError as exc:
+        print(f"{args.prog}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

@@ -1,0 +1,156 @@
+"""serve --workers N: every worker serves, a dead one is replaced, none outlives the supervisor."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+from collections.abc import Iterator
+
+import pytest
+from support import LOCALHOST, ServeProcess, assert_one_line_error, cli
+
+from pytcpecho import EchoClient
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def workers_of(supervisor: int) -> set[int]:
+    """Live worker processes of this supervisor, found by their command line in /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"pytcpecho.supervisor" in argv and str(supervisor).encode() in argv and state != "Z":
+            found.add(int(entry))
+    return found
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for any process (not only a child) to exit: its pidfd turns readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def started(server: ServeProcess, count: int) -> tuple[int, dict[int, int]]:
+    """The port and {worker number: pid} once ``count`` workers listen."""
+    pids: dict[int, int] = {}
+    ports = set()
+    while len(ports) < count or len(pids) < count:
+        m = server.wait_for(r"^Worker (\d+) started \(pid (\d+)\)$|^\[worker (\d+)\] Server at "
+                            r"\[::\]:(\d+)", timeout=30)
+        if m[1]:
+            pids[int(m[1])] = int(m[2])
+        else:
+            ports.add((int(m[3]), int(m[4])))
+    assert len({port for _, port in ports}) == 1, ports
+    return ports.pop()[1], pids
+
+
+def echo_many(port: int, n: int) -> None:
+    for i in range(n):
+        result = EchoClient(LOCALHOST, port, size=1024, seed=i, timeout=10).run()
+        assert result.intact, result.problem
+
+
+@pytest.fixture
+def supervisor() -> Iterator[ServeProcess]:
+    with ServeProcess("--port", "0", "--workers", "3", "-q", "--grace", "5") as server:
+        yield server
+    for pid in workers_of(server.proc.pid):  # after a failure: PR_SET_PDEATHSIG ends them
+        wait_gone(pid, 15)
+    assert not workers_of(server.proc.pid), "a worker outlived its supervisor"
+
+
+def served_by_worker(output: str) -> dict[int, int]:
+    return {int(w): int(n) for w, n in
+            re.findall(r"^\[worker (\d+)\] Served (\d+) connections", output, re.M)}
+
+
+def test_every_worker_serves_and_sigterm_stops_them_all(supervisor: ServeProcess) -> None:
+    port, pids = started(supervisor, 3)
+    assert len(set(pids.values())) == 3 and workers_of(supervisor.proc.pid) == set(pids.values())
+    echo_many(port, 45)  # SO_REUSEPORT spreads them: each worker gets some
+    assert supervisor.stop() == 0
+    output = supervisor.output()
+    served = served_by_worker(output)
+    assert sorted(served) == [1, 2, 3] and all(n > 0 for n in served.values()), output
+    assert re.search(r"^Served 45 connections, echoed 46080 bytes, 0 errors in 3 workers$",
+                     output, re.M), output
+    assert not workers_of(supervisor.proc.pid)
+
+
+def test_a_killed_worker_is_replaced(supervisor: ServeProcess) -> None:
+    port, pids = started(supervisor, 3)
+    os.kill(pids[2], signal.SIGKILL)
+    supervisor.wait_for(rf"^Worker 2 \(pid {pids[2]}\) was killed by SIGKILL: starting a new one")
+    new_pid = int(supervisor.wait_for(r"^Worker 2 started \(pid (\d+)\)$")[1])
+    supervisor.wait_for(rf"^\[worker 2\] Server at \[::\]:{port} ")
+    assert new_pid != pids[2]
+    assert workers_of(supervisor.proc.pid) == {pids[1], new_pid, pids[3]}
+    echo_many(port, 45)
+    assert supervisor.stop() == 0
+    output = supervisor.output()
+    assert all(n > 0 for n in served_by_worker(output).values()), output
+    assert re.search(r"^Served \d+ connections, echoed \d+ bytes, 0 errors in 3 workers "
+                     r"\(1 restarted, 1 lost their counters\)$", output, re.M), output
+
+
+def test_workers_die_with_their_supervisor(supervisor: ServeProcess) -> None:
+    _, pids = started(supervisor, 3)
+    supervisor.proc.kill()  # no chance to stop them: PR_SET_PDEATHSIG must
+    supervisor.proc.wait(10)
+    for pid in pids.values():
+        assert wait_gone(pid, 15), f"worker {pid} outlived its supervisor"
+    assert not workers_of(supervisor.proc.pid)
+
+
+def test_sigint_reaches_the_workers_once() -> None:
+    """Ctrl-C in a terminal: workers sit in their own session, the supervisor forwards it."""
+    with ServeProcess("--port", "0", "--workers", "2", "-q", "--grace", "5") as server:
+        _, pids = started(server, 2)
+        assert workers_of(server.proc.pid) == set(pids.values())
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(15) == 0
+        output = server.output()
+        assert "again" not in output, output
+        assert output.count("Shutting down") == 2, output
+    assert not workers_of(server.proc.pid)
+
+
+def test_workers_on_a_taken_port_is_one_line_error() -> None:
+    with socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True) as taken:
+        port = taken.getsockname()[1]
+        line = assert_one_line_error(cli("serve", "--port", str(port), "--workers", "2"), 2)
+    assert f"cannot listen on *:{port}" in line
+
+
+def test_workers_with_bad_options_is_one_line_error() -> None:
+    result = cli("serve", "--port", "0", "--workers", "2", "--allow", "nonsense")
+    assert "nonsense" in assert_one_line_error(result, 2)
+    assert "Worker" not in result.stdout
+
+
+def test_reuse_port_lets_two_servers_share_a_port() -> None:
+    with ServeProcess("--port", "0", "--reuse-port") as first:
+        port = first.wait_listening()
+        with ServeProcess("--port", str(port), "--reuse-port") as second:
+            assert second.wait_listening() == port
+            echo_many(port, 4)
+            assert second.stop() == 0
+        assert first.stop() == 0
