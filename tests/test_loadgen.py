@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import LOCALHOST, assert_one_line_error, cli, running_server
+from support import LOCALHOST, assert_one_line_error, cli, recv_exactly, running_server
 
 MIB = 1024 * 1024
 
@@ -133,6 +135,47 @@ def byte_flipping_server(flip_at: int) -> Iterator[int]:
         stop.set()
         listener.close()
         thread.join(10)
+
+
+@contextlib.contextmanager
+def stalling_server(stall_after: int, stall: float) -> Iterator[int]:
+    """An echo server for 64-byte messages that stops for ``stall`` s once, after some."""
+    listener = socket.create_server((LOCALHOST, 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            for i in itertools.count():
+                data = recv_exactly(conn, 64)
+                if len(data) < 64:
+                    return
+                if i == stall_after:
+                    time.sleep(stall)  # the stall under test, not a wait for anything
+                conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(10)
+
+
+def test_open_loop_shows_a_stall_in_the_percentiles() -> None:
+    """Messages due while the server stalls count their wait (coordinated omission)."""
+    with stalling_server(stall_after=10, stall=0.4) as port:
+        status, doc = bench_json(port, "--size", "64", "-c", "1", "-n", "100", "--rate", "200")
+    assert status == 0, doc
+    lat = doc["latency_ms"]
+    # About 80 messages were due during the 0.4 s stall: most waited for it.
+    assert lat["max"] >= 390
+    assert lat["p50"] >= 50
 
 
 def test_integrity_failure_exits_1(core: str) -> None:
