@@ -391,10 +391,11 @@ class LoadGenerator:
 def header(config: BenchConfig, core: str) -> str:
     c = config
     how = f"{c.duration:g} s" if c.duration else f"{c.count} messages"
+    what = "messages" if c.mode == "message" else "units of a stream"
     extra = ", connect per message" if c.connect_each else ""
     extra += f", open loop at {c.rate:g} msg/s" if c.rate else ""
     return (f"Benchmarking {format_hostport(c.host, c.port)}: {c.connections} connection"
-            f"{'' if c.connections == 1 else 's'}, {format_size(c.size)} {c.mode}s, {how}, "
+            f"{'' if c.connections == 1 else 's'}, {format_size(c.size)} {what}, {how}, "
             f"core {core}{extra}")
 
 
