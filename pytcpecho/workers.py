@@ -39,7 +39,12 @@ class Workers:
             thread = threading.Thread(target=self._work, args=(job,), name=self._name,
                                       daemon=True)
             self._threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # out of threads or memory: forget it, let the caller decide
+            with self._lock:
+                self._threads.discard(thread)
+            raise
 
     @property
     def count(self) -> int:
