@@ -171,7 +171,8 @@ class EchoServer:
         self._done_in = self._done_out = 0
         self._log_full = _Throttled()
         self._log_accept_error = _Throttled()
-        self._workers = Workers(self._serve_client, idle_seconds=worker_idle)
+        self._workers = Workers(self._serve_client, idle_seconds=worker_idle,
+                                max_threads=max_clients)
         self._stop_request = False
         self._closing = False
         self._closed = False

@@ -15,16 +15,21 @@ class Workers:
 
     A worker serves one job at a time; after ``idle_seconds`` with nothing to
     do it exits, so a burst of clients leaves no crowd of threads behind.
+    With ``max_threads``, never more threads than that: a job that finds
+    none idle and the cap reached waits for the next worker to finish (the
+    server admits a client only when one has, so that wait is short).
     """
 
     def __init__(self, target: Callable[..., object], *, idle_seconds: float = 30.0,
-                 name: str = "pytcpecho-conn") -> None:
+                 max_threads: int | None = None, name: str = "pytcpecho-conn") -> None:
         self._target = target
         self._idle_seconds = idle_seconds
+        self._max_threads = max_threads
         self._name = name
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # workers waiting for a job, minus jobs promised to them
+        self._owed = 0  # jobs queued for workers still busy (the thread cap was reached)
         self._threads: set[threading.Thread] = set()
         self._closed = False
 
@@ -34,6 +39,10 @@ class Workers:
                 raise RuntimeError("workers are closed")
             if self._idle > 0:
                 self._idle -= 1
+                self._jobs.put(job)
+                return
+            if self._max_threads is not None and len(self._threads) >= self._max_threads:
+                self._owed += 1
                 self._jobs.put(job)
                 return
             thread = threading.Thread(target=self._work, args=(job,), name=self._name,
@@ -57,6 +66,10 @@ class Workers:
             while job is not None:
                 self._target(*job)
                 with self._lock:
+                    if self._owed > 0:  # queued for the first worker to finish (even closing)
+                        self._owed -= 1
+                        job = self._jobs.get()
+                        continue
                     if self._closed:
                         return
                     self._idle += 1

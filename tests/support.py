@@ -6,12 +6,14 @@ import contextlib
 import os
 import queue
 import re
+import resource
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pytcpecho import EchoServer
@@ -139,3 +141,49 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
+
+
+# -- process resources (leak checks), added for issue 4 ------------------------
+
+@dataclass(frozen=True)
+class ProcUsage:
+    """What a process holds now, read from /proc: threads, open fds, resident memory."""
+
+    threads: int
+    fds: int
+    rss_kib: int
+
+
+def proc_usage(pid: int) -> ProcUsage:
+    """Threads (status Threads:), open fds (ls fd/) and VmRSS of process ``pid``."""
+    fields: dict[str, str] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return ProcUsage(threads=int(fields["Threads"]), fds=len(os.listdir(f"/proc/{pid}/fd")),
+                     rss_kib=int(fields["VmRSS"].split()[0]))
+
+
+def wait_usage(pid: int, predicate: Callable[[ProcUsage], bool], timeout: float,
+               every: float = 0.05) -> ProcUsage:
+    """Re-read /proc until ``predicate(usage)`` holds; fail after ``timeout`` with the last one."""
+    deadline = time.monotonic() + timeout
+    usage = proc_usage(pid)
+    while not predicate(usage):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not reach the expected state in "
+                                 f"{timeout} s: {usage}")
+        time.sleep(every)
+        usage = proc_usage(pid)
+    return usage
+
+
+def raise_fd_limit(want: int = 16384) -> int:
+    """Raise this process's soft RLIMIT_NOFILE (children inherit it) toward ``want``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else want
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
