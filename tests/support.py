@@ -92,6 +92,18 @@ class ServeProcess:
             if m := regex.search(line):
                 return m
 
+    def lines_so_far(self) -> list[str]:
+        """Every line printed so far, without waiting (added for issue 4)."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return self.lines
+            if line is None:
+                self._queue.put(None)  # keep the end mark for wait_for()
+                return self.lines
+            self.lines.append(line)
+
     def wait_listening(self, timeout: float = 15) -> int:
         """The port from the 'Server at HOST:PORT' line."""
         return int(self.wait_for(r"Server at .*:(\d+)", timeout).group(1))
