@@ -188,6 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
     serving = threading.Thread(target=serve, name="pytcpecho-accept")
     serving.start()
     stop.wait()
+    server.shutdown()  # stop accepting before anything else
     active = server.stats.active
     log.info("Shutting down: %d connection%s in flight, up to %g s to finish",
              active, "" if active == 1 else "s", args.grace)
