@@ -383,16 +383,8 @@ class EchoServer:
             conn_log.info("Connected by client at %r", peer)
             ended = session.run()
             self._log_end(peer, session, ended)
-        except TimeoutError:
-            with self._lock:
-                self._timed_out += 1
-            conn_log.warning("Closed connection from %r: idle for %g s%s", peer,
-                             self.idle_timeout or 0, _echoed(session))
-        except (ConnectionResetError, BrokenPipeError):
-            conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
         except OSError as exc:
-            self._count_error()
-            conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
+            self._log_failure(peer, session, exc)
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
             conn_log.exception("Connection with %r failed", peer)
@@ -407,6 +399,21 @@ class EchoServer:
                 self._changed.notify_all()
             if was_full:
                 self._wake()  # serve_forever may accept again
+
+    def _log_failure(self, peer: Peer, session: Any, exc: OSError) -> None:
+        if self._closing:  # close() cut it short: not the client's doing
+            conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
+                          _echoed(session))
+        elif isinstance(exc, TimeoutError):
+            with self._lock:
+                self._timed_out += 1
+            conn_log.warning("Closed connection from %r: idle for %g s%s", peer,
+                             self.idle_timeout or 0, _echoed(session))
+        elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
+        else:
+            self._count_error()
+            conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
 
     def _log_end(self, peer: Peer, session: Any, ended: str) -> None:
         if ended == "limit":
