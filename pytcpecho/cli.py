@@ -31,6 +31,7 @@ from .units import DEFAULT_PORT, format_hostport, parse_hostport, parse_port, pa
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_GRACE = 10.0
+CLOSE_TIMEOUT = 0.5  # after the grace period: closed connections' threads get this long to end
 
 log = logging.getLogger("pytcpecho")
 
@@ -194,7 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
              active, "" if active == 1 else "s", args.grace)
     if not server.drain(args.grace):
         log.warning("Grace period over: closing %d connection(s)", server.stats.active)
-    server.close()
+    server.close(timeout=CLOSE_TIMEOUT)
     serving.join()
     s = server.stats
     log.info("Served %d connections, echoed %d bytes, %d errors "

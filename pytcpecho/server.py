@@ -190,16 +190,10 @@ class EchoServer:
     def serve_forever(self) -> None:
         """Accept clients until shutdown() or close() is called."""
         self._serve_done.clear()
-        host, port = self.address
-        log.info("Server at %s%s", format_hostport(host, port),
-                 " (IPv4 and IPv6)" if self._dualstack else "")
-        log.debug("%s mode, %d-byte messages, core %s, at most %d clients, idle timeout %s, "
-                  "max bytes %s", self.mode, self.size, self.core.NAME, self.max_clients,
-                  f"{self.idle_timeout:g} s" if self.idle_timeout else "off",
-                  self.max_bytes or "off")
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._wake_r, selectors.EVENT_READ)
+                self._log_start()  # only now: the line means ready, every fd in place
                 accepting = False
                 while not self._stop_request:
                     want = self._active() < self.max_clients
@@ -222,6 +216,15 @@ class EchoServer:
             self._stop_request = False
             self._serve_done.set()
 
+    def _log_start(self) -> None:
+        host, port = self.address
+        log.info("Server at %s%s", format_hostport(host, port),
+                 " (IPv4 and IPv6)" if self._dualstack else "")
+        log.debug("%s mode, %d-byte messages, core %s, at most %d clients, idle timeout %s, "
+                  "max bytes %s", self.mode, self.size, self.core.NAME, self.max_clients,
+                  f"{self.idle_timeout:g} s" if self.idle_timeout else "off",
+                  self.max_bytes or "off")
+
     def shutdown(self) -> None:
         """Stop serve_forever() and wait until it has returned; connections go on."""
         self._stop_request = True
@@ -238,8 +241,12 @@ class EchoServer:
         with self._changed:
             return self._changed.wait_for(lambda: not self._conns, grace)
 
-    def close(self) -> None:
-        """Stop serving, end every connection, join every thread, release every fd."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop serving, end every connection, join every thread, release every fd.
+
+        ``timeout`` bounds the wait for connection threads (None: wait for all);
+        a thread still busy after it is left behind (they are daemon threads).
+        """
         if self._closed:
             return
         self._stop_request = True
@@ -252,7 +259,7 @@ class EchoServer:
                 # Wakes the core's blocked recv()/send(); the owner thread closes the fd.
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-        self._workers.close()
+        self._workers.close(timeout)
         self._wake_r.close()
         self._wake_w.close()
         self._closed = True

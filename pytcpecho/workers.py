@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,12 +88,14 @@ class Workers:
                 self._threads.discard(threading.current_thread())
 
     def close(self, timeout: float | None = None) -> None:
-        """Release idle workers and join every thread (busy ones must be woken first)."""
+        """Release idle workers and join every thread (busy ones must be woken first),
+        waiting ``timeout`` seconds in all (None: as long as it takes)."""
         with self._lock:
             self._closed = True
             for _ in range(self._idle):
                 self._jobs.put(None)
             self._idle = 0
             threads = list(self._threads)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
