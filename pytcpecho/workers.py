@@ -80,6 +80,8 @@ class Workers:
                     with self._lock:
                         if self._idle > 0:
                             self._idle -= 1
+                            # Leave the count now, so submit() never owes a job to us.
+                            self._threads.discard(threading.current_thread())
                             return
                     # Our idle slot was promised to a job just now: it is queued.
                     job = self._jobs.get()

@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -199,3 +200,32 @@ def raise_fd_limit(want: int = 16384) -> int:
         return soft if soft != resource.RLIM_INFINITY else want
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return target
+
+
+def serve_cmd(*args: str) -> list[str]:
+    """``pytcpecho serve ARGS`` that prints every thread's stack on SIGUSR1 (for diagnosis)."""
+    boot = ("import faulthandler, signal, sys; "
+            "faulthandler.register(signal.SIGUSR1, all_threads=True); "
+            "from pytcpecho.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", boot, "serve", *args]
+
+
+def thread_dump(server: ServeProcess, wait: float = 2.0) -> str:
+    """Every thread's stack in a serve_cmd() child, as it prints them."""
+    before = len(server.lines_so_far())
+    server.proc.send_signal(signal.SIGUSR1)
+    with contextlib.suppress(AssertionError):
+        server.wait_for(r"^$|File ", wait)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "\n".join(server.lines_so_far()[before:])
+
+
+def settle(server: ServeProcess, predicate: Callable[[ProcUsage], bool],
+           timeout: float) -> ProcUsage:
+    """wait_usage() on a serve_cmd() child; on failure the message carries its thread stacks."""
+    try:
+        return wait_usage(server.proc.pid, predicate, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{thread_dump(server)}") from None

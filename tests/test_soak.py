@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from abusers import LOCALHOST, echo_clients
-from support import CI, ProcUsage, ServeProcess, proc_usage, raise_fd_limit, wait_usage
+from support import CI, ProcUsage, ServeProcess, proc_usage, raise_fd_limit, serve_cmd, settle
 
 from pytcpecho import EchoClient
 from pytcpecho import core as cores
@@ -75,13 +75,13 @@ def servers() -> Iterator[list[Served]]:
     started: list[Served] = []
     try:
         for mode, core in (("stream", "cython"), ("message", "python")):
-            proc = ServeProcess("--port", "0", "--mode", mode, "--core", core,
-                                "--size", str(MESSAGE_SIZE), "--max-clients", "64",
-                                "--idle-timeout", "20", "--worker-idle", "1", "-q")
+            proc = ServeProcess(cmd=serve_cmd(
+                "--port", "0", "--mode", mode, "--core", core, "--size", str(MESSAGE_SIZE),
+                "--max-clients", "64", "--idle-timeout", "30", "--worker-idle", "1", "-q"))
             port = proc.wait_listening()
             # Baseline once the accept loop is up and a first client has come and gone.
             echo_clients(port, 1, concurrency=1, max_size=1000)
-            baseline = wait_usage(proc.proc.pid, lambda u: u.threads == 2, 15)
+            baseline = settle(proc, lambda u: u.threads == 2, 15)
             started.append(Served(mode, core, proc, port, baseline))
         yield started
     finally:
@@ -154,8 +154,8 @@ def test_soak_mixed_traffic_no_mismatch_no_leak(servers: list[Served]) -> None:
           f"{tally.bytes_verified} bytes verified, {tally.mismatches} mismatches")
     for served in servers:
         base = served.baseline
-        after = wait_usage(served.pid,
-                           lambda u, b=base: u.threads == b.threads and u.fds == b.fds, 30)
+        after = settle(served.proc,
+                       lambda u, b=base: u.threads == b.threads and u.fds == b.fds, 30)
         rss = [u.rss_kib for _, u in served.samples]
         assert len(rss) >= 5, f"only {len(rss)} samples"
         fifth = len(rss) // 5
