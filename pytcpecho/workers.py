@@ -27,7 +27,9 @@ class Workers:
         self._idle_seconds = idle_seconds
         self._max_threads = max_threads
         self._name = name
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: in CPython 3.11 a SimpleQueue.get(timeout) that loses
+        # its item to another getter near the deadline can wait forever (negative timeout).
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._idle = 0  # workers waiting for a job, minus jobs promised to them
         self._owed = 0  # jobs queued for workers still busy (the thread cap was reached)
