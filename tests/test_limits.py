@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import sys
 
 import pytest
 from support import (
+    CI,
     ServeProcess,
     assert_one_line_error,
     cli,
@@ -121,6 +123,10 @@ def test_help_documents_every_default() -> None:
 
 def test_out_of_fds_pauses_accepting_and_keeps_serving() -> None:
     """EMFILE: the server logs, pauses, and serves again once fds are free."""
+    if shutil.which("prlimit") is None:
+        if CI:
+            pytest.fail("prlimit (util-linux) is needed to test EMFILE")
+        pytest.skip("prlimit (util-linux) is not installed")
     limit = 32
     cmd = ["prlimit", f"--nofile={limit}:{limit}", sys.executable, "-m", "pytcpecho", "serve",
            "--port", "0", "--worker-idle", "0.5", "-q"]
