@@ -20,11 +20,19 @@ from . import config, logs
 from . import core as cores
 from ._version import __version__
 from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult
-from .server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_SIZE, MODES, EchoServer
+from .server import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_SIZE,
+    DEFAULT_WORKER_IDLE,
+    MODES,
+    EchoServer,
+)
 from .units import DEFAULT_PORT, format_hostport, parse_hostport, parse_port, parse_size
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_GRACE = 10.0
+CLOSE_TIMEOUT = 0.5  # after the grace period: closed connections' threads get this long to end
 
 log = logging.getLogger("pytcpecho")
 
@@ -110,7 +118,8 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="stream: echo bytes as they come (RFC 862); message: read --size "
                         "bytes, send them back, repeat (default: stream)")
     p.add_argument("--size", type=SIZE, default=DEFAULT_SIZE,
-                   help="message size in message mode (default: 102400, e.g. 100KiB, 1MiB)")
+                   help="message size in message mode, at most 64MiB: each connection holds "
+                        "a buffer of this size (default: 102400, e.g. 100KiB, 1MiB)")
     p.add_argument("--core", choices=cores.CORES, default="auto",
                    help="echo loop implementation (default: auto, the Cython one if built)")
     p.add_argument("--max-clients", type=COUNT, default=DEFAULT_MAX_CLIENTS,
@@ -122,12 +131,18 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--max-bytes", type=SIZE, default=0,
                    help="close a connection after it sent this many bytes (default: no limit)")
     p.add_argument("--allow", action="append", default=[], metavar="CIDR",
-                   help="serve only clients in this network (repeatable)")
+                   help="serve only clients in this network, IPv4 or IPv6 (repeatable; "
+                        "default: every client)")
     p.add_argument("--deny", action="append", default=[], metavar="CIDR",
-                   help="refuse clients in this network (repeatable)")
+                   help="refuse clients in this network, at once (repeatable; default: none; "
+                        "deny wins over allow)")
     p.add_argument("--grace", type=SECONDS, default=DEFAULT_GRACE,
-                   help="on SIGTERM/SIGINT, let connections finish for this many seconds "
-                        f"(default: {DEFAULT_GRACE:g})")
+                   help="on SIGTERM/SIGINT, stop accepting and let connections finish for "
+                        "this many seconds, then close them and exit 0; a second signal exits "
+                        f"at once (default: {DEFAULT_GRACE:g})")
+    p.add_argument("--worker-idle", type=SECONDS, default=DEFAULT_WORKER_IDLE,
+                   help="seconds an idle connection thread waits for the next client before "
+                        f"it exits (default: {DEFAULT_WORKER_IDLE:g})")
     p.add_argument("--workers", type=COUNT, default=1,
                    help="server processes sharing the port (SO_REUSEPORT), restarted if "
                         "they die (default: 1)")
@@ -172,20 +187,7 @@ def _raise_nofile_limit() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _setup_logging(args.verbose, args.quiet, args.log_format)
-    _raise_nofile_limit()
-    threading.stack_size(SERVE_THREAD_STACK)
-    try:
-        server = EchoServer((args.host, args.port), mode=args.mode, size=args.size,
-                            core=args.core, max_clients=args.max_clients,
-                            idle_timeout=args.idle_timeout, max_bytes=args.max_bytes,
-                            allow=args.allow, deny=args.deny, reuse_port=args.reuse_port)
-    except (ValueError, RuntimeError) as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        where = format_hostport(args.host or "*", args.port)
-        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-
+    # Handlers first: as PID 1 (a container), a signal without one is ignored.
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -196,18 +198,43 @@ def _serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    serving = threading.Thread(target=server.serve_forever, name="pytcpecho-accept")
+    _setup_logging(args.verbose, args.quiet, args.log_format)
+    _raise_nofile_limit()
+    threading.stack_size(SERVE_THREAD_STACK)
+    try:
+        server = EchoServer((args.host, args.port), mode=args.mode, size=args.size,
+                            core=args.core, max_clients=args.max_clients,
+                            idle_timeout=args.idle_timeout, max_bytes=args.max_bytes,
+                            allow=args.allow, deny=args.deny, worker_idle=args.worker_idle,
+                            reuse_port=args.reuse_port)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        where = format_hostport(args.host or "*", args.port)
+        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except Exception:
+            log.exception("The accept loop failed: shutting down")
+        stop.set()  # a loop that ended by itself must not leave main waiting
+
+    serving = threading.Thread(target=serve, name="pytcpecho-accept")
     serving.start()
     stop.wait()
+    server.shutdown()  # stop accepting before anything else
     active = server.stats.active
     log.info("Shutting down: %d connection%s in flight, up to %g s to finish",
              active, "" if active == 1 else "s", args.grace)
     if not server.drain(args.grace):
         log.warning("Grace period over: closing %d connection(s)", server.stats.active)
-    server.close()
+    server.close(timeout=CLOSE_TIMEOUT)
     serving.join()
     s = server.stats
-    log.info("Served %d connections, echoed %d bytes, %d errors", s.total, s.bytes_out, s.errors)
+    log.info("Served %d connections, echoed %d bytes, %d errors "
+             "(%d idle timeouts, %d over --max-bytes, %d refused)",
+             s.total, s.bytes_out, s.errors, s.timed_out, s.over_limit, s.refused)
     if args.report_stats:  # a worker of serve --workers: its supervisor sums these
         args.report_stats(s)
     return EXIT_OK

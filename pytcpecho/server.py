@@ -32,7 +32,21 @@ conn_log = logging.getLogger("pytcpecho.conn")
 DEFAULT_SIZE = 102400
 DEFAULT_MAX_CLIENTS = 1024
 DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_WORKER_IDLE = 30.0
+# Each connection holds one message buffer of ``size`` bytes, so the worst case
+# is max_clients * size resident: 64 MiB keeps one message well above any real
+# MTU-sized or seed-sized (100 KiB) test while 1024 of them still fit in 64 GiB
+# of address space that the kernel only commits as clients fill it.
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MODES = ("stream", "message")
+# accept(2) on Linux: errors of the new connection itself, to be retried like EAGAIN.
+_RETRY_ACCEPT = frozenset({errno.ENETDOWN, errno.EPROTO, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+                           errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP,
+                           errno.ENETUNREACH, errno.ECONNABORTED, errno.EPERM})
+# Out of fds or memory: the connection stays in the backlog until some are freed.
+_PAUSE_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE = 0.1
+LOG_EVERY = 5.0  # seconds between two log lines about the same recurring condition
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Peer = tuple[str, int]
@@ -48,6 +62,8 @@ class ServerStats:
     bytes_out: int
     errors: int
     refused: int
+    timed_out: int = 0
+    over_limit: int = 0
 
 
 def _networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
@@ -67,6 +83,25 @@ def _bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket
                                 reuse_port=reuse_port)
 
 
+class _Throttled:
+    """Log a recurring condition at most once per ``every`` seconds, with a count of the rest."""
+
+    def __init__(self, every: float = LOG_EVERY) -> None:
+        self._every = every
+        self._last = -every
+        self._skipped = 0
+
+    def __call__(self, logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            self._skipped += 1
+            return
+        if self._skipped:
+            msg += f" (and {self._skipped} more time(s) since the last such line)"
+        self._last, self._skipped = now, 0
+        logger.log(level, msg, *args)
+
+
 class EchoServer:
     """A TCP echo server, one thread per connected client.
 
@@ -75,7 +110,9 @@ class EchoServer:
     Limits: at most ``max_clients`` connections at once (the rest wait in the
     kernel's backlog), ``idle_timeout`` seconds without progress ends a
     connection, ``max_bytes`` (0: no limit) caps what one connection may send,
-    ``allow``/``deny`` filter peers by network.
+    ``allow``/``deny`` filter peers by network.  ``size`` is at most
+    MAX_MESSAGE_SIZE.  A connection thread waits ``worker_idle`` seconds for
+    the next client before it exits.  Each limit logs a line when it acts.
     """
 
     def __init__(
@@ -92,17 +129,23 @@ class EchoServer:
         deny: Iterable[str | Network] = (),
         backlog: int = 1024,
         reuse_port: bool = False,
+        worker_idle: float = DEFAULT_WORKER_IDLE,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if size <= 0:
             raise ValueError("size must be positive")
+        if size > MAX_MESSAGE_SIZE:
+            raise ValueError(f"size {size} is above the limit of {MAX_MESSAGE_SIZE} bytes "
+                             f"(64 MiB): each connection holds a buffer of that size")
         if max_clients < 1:
             raise ValueError("max_clients must be at least 1")
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive (None: no timeout)")
         if max_bytes < 0:
             raise ValueError("max_bytes must be 0 (no limit) or positive")
+        if worker_idle <= 0:
+            raise ValueError("worker_idle must be positive")
         self.mode = mode
         self.size = size
         self.core = cores.load(core)
@@ -127,9 +170,12 @@ class EchoServer:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._conns: dict[socket.socket, Any] = {}  # connection -> its core session
-        self._total = self._refused = self._errors = 0
+        self._total = self._refused = self._errors = self._timed_out = self._over_limit = 0
         self._done_in = self._done_out = 0
-        self._workers = Workers(self._serve_client)
+        self._log_full = _Throttled()
+        self._log_accept_error = _Throttled()
+        self._workers = Workers(self._serve_client, idle_seconds=worker_idle,
+                                max_threads=max_clients)
         self._stop_request = False
         self._closing = False
         self._closed = False
@@ -147,15 +193,10 @@ class EchoServer:
     def serve_forever(self) -> None:
         """Accept clients until shutdown() or close() is called."""
         self._serve_done.clear()
-        host, port = self.address
-        log.info("Server at %s%s", format_hostport(host, port),
-                 " (IPv4 and IPv6)" if self._dualstack else "")
-        log.debug("%s mode, %d-byte messages, core %s, at most %d clients, idle timeout %s",
-                  self.mode, self.size, self.core.NAME, self.max_clients,
-                  f"{self.idle_timeout:g} s" if self.idle_timeout else "off")
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._wake_r, selectors.EVENT_READ)
+                self._log_start()  # only now: the line means ready, every fd in place
                 accepting = False
                 while not self._stop_request:
                     want = self._active() < self.max_clients
@@ -164,8 +205,10 @@ class EchoServer:
                             selector.register(self._listener, selectors.EVENT_READ)
                         else:
                             selector.unregister(self._listener)
-                            log.debug("%d clients: not accepting until one leaves",
-                                      self.max_clients)
+                            self._log_full(log, logging.WARNING,
+                                           "At the limit of %d clients: not accepting until "
+                                           "one leaves (the rest wait in the backlog)",
+                                           self.max_clients)
                         accepting = want
                     for key, _ in selector.select():
                         if key.fileobj is self._wake_r:
@@ -175,6 +218,15 @@ class EchoServer:
         finally:
             self._stop_request = False
             self._serve_done.set()
+
+    def _log_start(self) -> None:
+        host, port = self.address
+        log.info("Server at %s%s", format_hostport(host, port),
+                 " (IPv4 and IPv6)" if self._dualstack else "")
+        log.debug("%s mode, %d-byte messages, core %s, at most %d clients, idle timeout %s, "
+                  "max bytes %s", self.mode, self.size, self.core.NAME, self.max_clients,
+                  f"{self.idle_timeout:g} s" if self.idle_timeout else "off",
+                  self.max_bytes or "off")
 
     def shutdown(self) -> None:
         """Stop serve_forever() and wait until it has returned; connections go on."""
@@ -192,8 +244,12 @@ class EchoServer:
         with self._changed:
             return self._changed.wait_for(lambda: not self._conns, grace)
 
-    def close(self) -> None:
-        """Stop serving, end every connection, join every thread, release every fd."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop serving, end every connection, join every thread, release every fd.
+
+        ``timeout`` bounds the wait for connection threads (None: wait for all);
+        a thread still busy after it is left behind (they are daemon threads).
+        """
         if self._closed:
             return
         self._stop_request = True
@@ -206,7 +262,7 @@ class EchoServer:
                 # Wakes the core's blocked recv()/send(); the owner thread closes the fd.
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-        self._workers.close()
+        self._workers.close(timeout)
         self._wake_r.close()
         self._wake_w.close()
         self._closed = True
@@ -232,6 +288,8 @@ class EchoServer:
                 bytes_out=self._done_out + sum(s.bytes_out for s in live),
                 errors=self._errors,
                 refused=self._refused,
+                timed_out=self._timed_out,
+                over_limit=self._over_limit,
             )
 
     @property
@@ -273,14 +331,19 @@ class EchoServer:
         while self._active() < self.max_clients:
             try:
                 conn, addr = self._listener.accept()
-            except (BlockingIOError, ConnectionAbortedError):
+            except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("Cannot accept: %s; pausing for 0.1 s", exc.strerror)
-                    time.sleep(0.1)
-                    return
-                raise
+                if exc.errno in _RETRY_ACCEPT:
+                    continue
+                # Out of fds (EMFILE) or memory, or unforeseen: never die, never spin.
+                with self._lock:
+                    self._errors += 1
+                self._log_accept_error(log, logging.WARNING,
+                                       "Cannot accept: %s; pausing for %g s",
+                                       exc.strerror or exc, ACCEPT_PAUSE)
+                time.sleep(ACCEPT_PAUSE)
+                return
             self._admit(conn, peer_name(addr))
 
     def _permitted(self, ip: str) -> bool:
@@ -306,7 +369,16 @@ class EchoServer:
             self._conns[conn] = None
             self._total += 1
             self._changed.notify_all()
-        self._workers.submit(conn, peer)
+        try:
+            self._workers.submit(conn, peer)
+        except RuntimeError as exc:  # no thread to be had (or closing): drop this client
+            conn.close()
+            with self._changed:
+                del self._conns[conn]
+                self._errors += 1
+                self._changed.notify_all()
+            self._log_accept_error(conn_log, logging.WARNING,
+                                   "Dropped client at %r: cannot start a thread: %s", peer, exc)
 
     # -- serving one client -------------------------------------------------
 
@@ -321,14 +393,8 @@ class EchoServer:
             conn_log.info("Connected by client at %r", peer)
             ended = session.run()
             self._log_end(peer, session, ended)
-        except TimeoutError:
-            conn_log.warning("Closed connection from %r: idle for %g s", peer,
-                             self.idle_timeout or 0)
-        except (ConnectionResetError, BrokenPipeError):
-            conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
         except OSError as exc:
-            self._count_error()
-            conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
+            self._log_failure(peer, session, exc)
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
             conn_log.exception("Connection with %r failed", peer)
@@ -344,8 +410,25 @@ class EchoServer:
             if was_full:
                 self._wake()  # serve_forever may accept again
 
+    def _log_failure(self, peer: Peer, session: Any, exc: OSError) -> None:
+        if self._closing:  # close() cut it short: not the client's doing
+            conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
+                          _echoed(session))
+        elif isinstance(exc, TimeoutError):
+            with self._lock:
+                self._timed_out += 1
+            conn_log.warning("Closed connection from %r: idle for %g s%s", peer,
+                             self.idle_timeout or 0, _echoed(session))
+        elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
+        else:
+            self._count_error()
+            conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
+
     def _log_end(self, peer: Peer, session: Any, ended: str) -> None:
         if ended == "limit":
+            with self._lock:
+                self._over_limit += 1
             conn_log.warning("Closed connection from %r: it sent more than %d bytes",
                              peer, self.max_bytes)
         elif self._closing:

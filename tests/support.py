@@ -6,12 +6,15 @@ import contextlib
 import os
 import queue
 import re
+import resource
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pytcpecho import EchoServer
@@ -90,6 +93,18 @@ class ServeProcess:
             if m := regex.search(line):
                 return m
 
+    def lines_so_far(self) -> list[str]:
+        """Every line printed so far, without waiting (added for issue 4)."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return self.lines
+            if line is None:
+                self._queue.put(None)  # keep the end mark for wait_for()
+                return self.lines
+            self.lines.append(line)
+
     def wait_listening(self, timeout: float = 15) -> int:
         """The port from the 'Server at HOST:PORT' line."""
         return int(self.wait_for(r"Server at .*:(\d+)", timeout).group(1))
@@ -139,3 +154,78 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
+
+
+# -- process resources (leak checks), added for issue 4 ------------------------
+
+@dataclass(frozen=True)
+class ProcUsage:
+    """What a process holds now, read from /proc: threads, open fds, resident memory."""
+
+    threads: int
+    fds: int
+    rss_kib: int
+
+
+def proc_usage(pid: int) -> ProcUsage:
+    """Threads (status Threads:), open fds (ls fd/) and VmRSS of process ``pid``."""
+    fields: dict[str, str] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return ProcUsage(threads=int(fields["Threads"]), fds=len(os.listdir(f"/proc/{pid}/fd")),
+                     rss_kib=int(fields["VmRSS"].split()[0]))
+
+
+def wait_usage(pid: int, predicate: Callable[[ProcUsage], bool], timeout: float,
+               every: float = 0.05) -> ProcUsage:
+    """Re-read /proc until ``predicate(usage)`` holds; fail after ``timeout`` with the last one."""
+    deadline = time.monotonic() + timeout
+    usage = proc_usage(pid)
+    while not predicate(usage):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not reach the expected state in "
+                                 f"{timeout} s: {usage}")
+        time.sleep(every)
+        usage = proc_usage(pid)
+    return usage
+
+
+def raise_fd_limit(want: int = 16384) -> int:
+    """Raise this process's soft RLIMIT_NOFILE (children inherit it) toward ``want``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else want
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def serve_cmd(*args: str) -> list[str]:
+    """``pytcpecho serve ARGS`` that prints every thread's stack on SIGUSR1 (for diagnosis)."""
+    boot = ("import faulthandler, signal, sys; "
+            "faulthandler.register(signal.SIGUSR1, all_threads=True); "
+            "from pytcpecho.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", boot, "serve", *args]
+
+
+def thread_dump(server: ServeProcess, wait: float = 2.0) -> str:
+    """Every thread's stack in a serve_cmd() child, as it prints them."""
+    before = len(server.lines_so_far())
+    server.proc.send_signal(signal.SIGUSR1)
+    with contextlib.suppress(AssertionError):
+        server.wait_for(r"^$|File ", wait)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "\n".join(server.lines_so_far()[before:])
+
+
+def settle(server: ServeProcess, predicate: Callable[[ProcUsage], bool],
+           timeout: float) -> ProcUsage:
+    """wait_usage() on a serve_cmd() child; on failure the message carries its thread stacks."""
+    try:
+        return wait_usage(server.proc.pid, predicate, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{thread_dump(server)}") from None

@@ -1,0 +1,169 @@
+"""Issue 4: the seed's test on its own network (namespaces), then faults on that network.
+
+Each test builds a fresh lab (tests/netns.py: a bridge, z34_server2 at
+198.18.0.1, z34_client1 at .2, z34_client2 at .3) and removes it afterwards,
+failed or not.  Without root these skip with the reason; with CI=true they
+must run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from netns import HOSTS, SERVER, Lab, why_not
+from support import CI, ServeProcess, proc_usage, wait_usage
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+C1, C2 = "z34_client1", "z34_client2"
+TARGET = f"{SERVER}:8000"
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    reason = why_not()
+    if reason:
+        if CI:
+            pytest.fail(f"CI must run the network-namespace tests: {reason}")
+        pytest.skip(reason)
+    lab = Lab()
+    try:
+        yield lab.build()
+    finally:
+        problems = lab.close()
+        assert not problems, f"the lab was not fully removed: {problems}"
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def baseline_of(server: ServeProcess) -> int:
+    """Threads of the idle server (main + accept) once its first clients have left."""
+    return wait_usage(server.proc.pid, lambda u: u.threads == 2, 15).fds
+
+
+def assert_back_to_baseline(server: ServeProcess, fds: int) -> None:
+    usage = wait_usage(server.proc.pid, lambda u: u.threads == 2 and u.fds == fds, 20)
+    assert usage.threads == 2 and usage.fds == fds
+
+
+def test_seed_network_two_clients_at_once_then_once_more(lab: Lab) -> None:
+    with lab.serve("--mode", "message", "--worker-idle", "1") as server:
+        server.wait_for(r"Server at .*:8000")
+        fds_idle = proc_usage(server.proc.pid).fds
+        outputs = []
+        for _round in range(2):
+            clients = [lab.client(host, TARGET) for host in (C1, C2)]  # at the same time
+            for client in clients:
+                status, out, err = finish(client)
+                assert status == 0, (out, err)
+                outputs.append(out)
+        for out in outputs:
+            assert out.splitlines() == [f"Connecting to {TARGET}", "Sent 102400 bytes",
+                                        "Received 102400 bytes", out.splitlines()[3],
+                                        "Client finished."], out
+            assert out.splitlines()[3].startswith("Echo intact in ")
+        for _ in range(4):
+            server.wait_for(r"Connection closed by client at")
+        assert_back_to_baseline(server, fds_idle)
+        assert server.stop() == 0
+        log = server.output()
+    for host in (C1, C2):
+        connected = re.findall(rf"Connected by client at \('{re.escape(HOSTS[host])}', \d+\)", log)
+        assert len(connected) == 2, log
+    assert log.count("Received 102400 bytes") == 4 and log.count("Data sent back to client") == 4
+    assert "Served 4 connections, echoed 409600 bytes, 0 errors" in log
+    print(f"\nseed network: 2 rounds x 2 clients ({HOSTS[C1]}, {HOSTS[C2]}) -> "
+          f"{SERVER} ({HOSTS[SERVER]}):8000, 4 x 102400 bytes intact, 0 mismatches, "
+          f"threads/fds back to baseline")
+
+
+def test_link_cut_mid_transfer(lab: Lab) -> None:
+    idle = 3
+    with lab.serve("--mode", "message", "--size", "1MiB", "--idle-timeout", str(idle),
+                   "--worker-idle", "1") as server:
+        server.wait_for(r"Server at .*:8000")
+        fds_idle = proc_usage(server.proc.pid).fds
+        client = lab.client(C1, TARGET, "--size", "1MiB", "--count", "1000000",
+                            "--timeout", "3")
+        for _ in range(5):  # in the middle of the transfer: messages are flowing
+            server.wait_for(r"Received 1048576 bytes")
+        lab.ip(None, "link", "set", lab.port(C1), "down")  # the cable
+        cut = time.monotonic()
+        reaped = server.wait_for(
+            rf"Closed connection from \('{re.escape(HOSTS[C1])}', \d+\): idle for {idle} s",
+            timeout=idle + 3)  # the issue's bound: reaped within the idle timeout
+        reaped_after = time.monotonic() - cut
+        status, out, err = finish(client, timeout=30)
+        assert_back_to_baseline(server, fds_idle)
+        assert server.stop() == 0
+    assert status == 1, (out, err)
+    assert re.search(r"timed out after 3 s waiting for the echo \(\d+ of \d+ bytes came back "
+                     r"intact\)", err), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    print(f"\nlink cut: client exit {status}: {err.strip()}; server: {reaped.string} "
+          f"({reaped_after:.1f} s after the cut); threads/fds back to baseline")
+
+
+def test_slow_link_10_mbit(lab: Lab) -> None:
+    size = 2 << 20
+    for host in (SERVER, C1):  # both directions
+        lab.tc(host, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "10mbit",
+               "burst", "32kbit", "latency", "400ms")
+    with lab.serve("--worker-idle", "1") as server:
+        server.wait_for(r"Server at .*:8000")
+        stream = lab.client(C1, TARGET, "--mode", "stream", "--size", str(size),
+                            "--timeout", "30")
+        s_status, s_out, s_err = finish(stream)
+        message = lab.client(C1, TARGET, "--size", "256KiB", "--count", "4", "--timeout", "30")
+        m_status, m_out, m_err = finish(message)
+        assert server.stop() == 0
+    assert s_status == 0 and f"Received {size} bytes" in s_out, (s_out, s_err)
+    assert m_status == 0 and f"Received {4 * 256 * 1024} bytes" in m_out, (m_out, m_err)
+    shaped = lab.tc(SERVER, "-s", "qdisc", "show", "dev", "eth0")
+    sent = int(re.search(r"Sent (\d+) bytes", shaped).group(1))  # type: ignore[union-attr]
+    assert "tbf" in shaped and "10Mbit" in shaped and sent >= size, shaped
+    speed = s_out.splitlines()[3]
+    print(f"\nslow link (tbf 10 Mbit/s both ways): {size} + {4 * 256 * 1024} bytes intact, "
+          f"0 mismatches; server tbf sent {sent} bytes; client: {speed}")
+
+
+def test_small_mtu_576(lab: Lab) -> None:
+    for host in (SERVER, C1):
+        lab.ip(host, "link", "set", "eth0", "mtu", "576")
+        lab.ip(None, "link", "set", lab.port(host), "mtu", "576")
+    with lab.serve("--mode", "message", "--size", "64KiB", "--worker-idle", "1") as server:
+        server.wait_for(r"Server at .*:8000")
+        message = lab.client(C1, TARGET, "--size", "64KiB", "--count", "16", "--timeout", "30")
+        m_status, m_out, m_err = finish(message)
+        stream = lab.client(C1, TARGET, "--mode", "stream", "--size", "4MiB", "--timeout", "30")
+        s_status, s_out, s_err = finish(stream)
+        assert server.stop() == 0
+    assert m_status == 0 and f"Received {16 * 65536} bytes" in m_out, (m_out, m_err)
+    assert s_status == 0 and f"Received {4 << 20} bytes" in s_out, (s_out, s_err)
+    for host in (SERVER, C1):
+        assert "mtu 576" in lab.ip(host, "link", "show", "eth0")
+    print(f"\nMTU 576: {16 * 65536} bytes (message) + {4 << 20} bytes (stream) intact, "
+          "0 mismatches")
+
+
+def test_lab_is_removed_afterwards() -> None:
+    """Whatever ran before, no namespace or hosts dir of this run is left."""
+    reason = why_not()
+    if reason:
+        if CI:
+            pytest.fail(f"CI must run the network-namespace tests: {reason}")
+        pytest.skip(reason)
+    lab = Lab()
+    names = [lab.bridge_ns, *lab.ns.values()]
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in listed for name in names), listed
+    from netns import NETNS_ETC
+
+    assert not any((NETNS_ETC / name).exists() for name in names)
