@@ -59,17 +59,25 @@ cdef inline long long now_ns() noexcept nogil:
 
 
 cdef int send_all(int fd, const char *p, size_t n) except -1 nogil:
-    """send() until all n bytes are gone; MSG_NOSIGNAL so a gone peer is EPIPE."""
+    """send() until all n bytes are gone; MSG_NOSIGNAL so a gone peer is EPIPE.
+
+    A blocking send() comes back short when SO_SNDTIMEO expires with part of
+    the data sent: one non-blocking try then tells a stalled reader (nothing
+    fits: that was the timeout) from a slow one (progress: wait again), so a
+    client that stops reading is dropped after one timeout, not two.
+    """
     cdef ssize_t r
+    cdef int probing = 0
     while n > 0:
-        r = send(fd, p, n, MSG_NOSIGNAL)
+        r = send(fd, p, n, MSG_NOSIGNAL | (MSG_DONTWAIT if probing else 0))
         if r >= 0:
+            probing = not probing and <size_t>r < n
             p += r
             n -= r
         elif errno == EINTR:
             check_signals()
         else:
-            raise_errno(errno)
+            raise_errno(errno)  # EAGAIN, blocking or probing, is the timeout
     return 0
 
 

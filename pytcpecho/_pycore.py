@@ -8,6 +8,7 @@ must win the GIL back, so it slows down when other Python threads are busy.
 from __future__ import annotations
 
 import errno
+import mmap
 import select
 import socket
 import time
@@ -23,6 +24,32 @@ CHUNK = 256 * 1024
 
 def _timeout() -> TimeoutError:
     return TimeoutError(errno.ETIMEDOUT, "timed out")
+
+
+def _buffer(n: int) -> mmap.mmap:
+    """A zeroed buffer whose pages become resident only once written.
+
+    (A bytearray is zero-filled up front: 10,000 idle connections would pin
+    2.5 GiB.  Anonymous mmap pages cost nothing until a client's bytes land.)
+    """
+    try:
+        return mmap.mmap(-1, n)
+    except OSError:
+        raise MemoryError(f"cannot allocate a {n}-byte buffer") from None
+
+
+def _send_all(sock: socket.socket, data: memoryview) -> None:
+    """sendall(), but a reader that stalls is a timeout after one SO_SNDTIMEO, not two.
+
+    A blocking send() returns short when the timeout expires mid-way; one
+    non-blocking try then tells a stalled reader (nothing fits: BlockingIOError,
+    the caller's timeout) from a slow one (progress: wait again).
+    """
+    probing = False
+    while data:
+        n = sock.send(data, socket.MSG_DONTWAIT if probing else 0)
+        probing = not probing and n < len(data)
+        data = data[n:]
 
 
 class _Borrowed:
@@ -50,7 +77,7 @@ class EchoSession:
             raise ValueError("size and bufsize must be positive")
         self._fd = fd
         self._message_mode = mode == "message"
-        self._buf = bytearray(size if self._message_mode else bufsize)
+        self._buf = _buffer(size if self._message_mode else bufsize)
         self._max_bytes = max_bytes
         self._on_message = on_message
         self.bytes_in = 0
@@ -82,7 +109,7 @@ class EchoSession:
             n = self._recv(sock, view)
             if n <= 0:
                 return n < 0
-            sock.sendall(view[:n])
+            _send_all(sock, view[:n])
             self.bytes_out += n
 
     def _messages(self, sock: socket.socket) -> bool:
@@ -98,7 +125,7 @@ class EchoSession:
                     break
                 got += n
             if got:
-                sock.sendall(view[:got])
+                _send_all(sock, view[:got])
                 self.bytes_out += got
                 self.messages += 1
                 if self._on_message is not None:

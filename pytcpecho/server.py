@@ -192,7 +192,10 @@ class EchoServer:
 
     def serve_forever(self) -> None:
         """Accept clients until shutdown() or close() is called."""
-        self._serve_done.clear()
+        with self._lock:
+            if self._closing:  # close() came first: nothing to serve
+                return
+            self._serve_done.clear()
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._wake_r, selectors.EVENT_READ)
@@ -252,12 +255,13 @@ class EchoServer:
         """
         if self._closed:
             return
+        with self._lock:
+            self._closing = True  # a serve_forever() not yet started will not start
         self._stop_request = True
         self._wake()
         self._serve_done.wait()
         self._listener.close()
         with self._lock:
-            self._closing = True
             for conn in self._conns:
                 # Wakes the core's blocked recv()/send(); the owner thread closes the fd.
                 with contextlib.suppress(OSError):
