@@ -83,27 +83,21 @@ cdef int send_all(int fd, const char *p, size_t n) except -1 nogil:
 
 # -- the payload pattern --------------------------------------------------------
 
-cdef inline void pattern_fill(const unsigned char *base, unsigned char *dst,
-                              long long off, size_t n) noexcept nogil:
-    """Write stream bytes [off, off+n): the seed's block, with each block's
-    first 8 bytes xored with the block number, so a lost or repeated block
-    never looks right."""
-    cdef size_t j, m, i
+cdef inline void pattern_headers(const unsigned char *base, unsigned char *dst,
+                                  long long off, size_t n, bint stamp) noexcept nogil:
+    """In dst, which holds stream bytes [off, off+n) laid over the plain base
+    block, stamp (or, with stamp false, wipe) each block's number into its first
+    8 bytes: the pattern's only part that is not the base block itself."""
+    cdef size_t pos = 0, j, i
     cdef unsigned long long k
-    while n > 0:
-        j = off & (BLOCK - 1)
-        k = <unsigned long long>(off >> BLOCK_SHIFT)
-        m = BLOCK - j
-        if m > n:
-            m = n
-        memcpy(dst, base + j, m)
+    while pos < n:
+        j = (off + pos) & (BLOCK - 1)
+        k = <unsigned long long>((off + pos) >> BLOCK_SHIFT)
         i = j
-        while i < HEADER and i < j + m:
-            dst[i - j] ^= <unsigned char>((k >> (8 * i)) & 0xff)
+        while i < HEADER and pos + i - j < n:
+            dst[pos + i - j] = base[i] ^ (<unsigned char>((k >> (8 * i)) & 0xff) if stamp else 0)
             i += 1
-        dst += m
-        off += m
-        n -= m
+        pos += BLOCK - j
 
 
 cdef inline long long pattern_mismatch(const unsigned char *base, const unsigned char *src,
@@ -278,11 +272,13 @@ cdef class ClientSession:
     cdef int timeout_ms
     cdef bytes base_obj
     cdef const unsigned char *base
-    cdef unsigned char *sbuf
+    cdef unsigned char *tile
     cdef unsigned char *rbuf
     cdef size_t chunk
     cdef long long *hist
     cdef long long offset
+    cdef long long window_off
+    cdef size_t window_len
     cdef int stop_flag
     cdef int shut
     cdef readonly long long bytes_sent
@@ -311,16 +307,24 @@ cdef class ClientSession:
         self.chunk = CHUNK if size > CHUNK else <size_t>size
         if self.chunk < BLOCK:
             self.chunk = BLOCK
-        self.sbuf = <unsigned char *>malloc(self.chunk)
+        # The send side never copies the pattern: ``tile`` holds the base block
+        # repeated, and a range of the stream is a window into it with its
+        # block headers stamped in (and wiped when the next window is taken).
+        self.tile = <unsigned char *>malloc(self.chunk + BLOCK)
         self.rbuf = <unsigned char *>malloc(self.chunk)
         self.hist = <long long *>calloc(NBUCKETS, sizeof(long long))
-        if self.sbuf == NULL or self.rbuf == NULL or self.hist == NULL:
+        if self.tile == NULL or self.rbuf == NULL or self.hist == NULL:
             raise MemoryError()
+        cdef size_t i
+        for i in range(0, self.chunk + BLOCK, BLOCK):
+            memcpy(self.tile + i, self.base, BLOCK if self.chunk + BLOCK - i >= BLOCK
+                   else self.chunk + BLOCK - i)
+        self.window_off = self.window_len = 0
         self.mismatch_offset = -1
         self.latency_min_ns = -1
 
     def __dealloc__(self):
-        free(self.sbuf)
+        free(self.tile)
         free(self.rbuf)
         free(self.hist)
 
@@ -403,6 +407,18 @@ cdef class ClientSession:
         self.messages = self.bytes_received // self.size
         return rc
 
+    cdef unsigned char *_window(self, long long off, size_t n) noexcept nogil:
+        """Stream bytes [off, off+n) (n <= chunk), ready to send, without a copy."""
+        cdef unsigned char *p
+        if self.window_len:
+            p = self.tile + (self.window_off & (BLOCK - 1))
+            pattern_headers(self.base, p, self.window_off, self.window_len, 0)
+        p = self.tile + (off & (BLOCK - 1))
+        pattern_headers(self.base, p, off, n, 1)
+        self.window_off = off
+        self.window_len = n
+        return p
+
     cdef int _transfer(self, long long length, bint finish, long long deadline=0) except -1 nogil:
         """Send pattern bytes [offset, offset+length) and read them back.
 
@@ -413,6 +429,7 @@ cdef class ClientSession:
         cdef long long send_off = self.offset, recv_off = self.offset
         cdef long long end = self.offset + length
         cdef long long sbuf_start = 0, sbuf_end = 0
+        cdef unsigned char *sbuf = NULL
         cdef ssize_t r
         cdef size_t want
         cdef long long bad
@@ -428,10 +445,10 @@ cdef class ClientSession:
             if send_off < end:
                 if send_off >= sbuf_end:
                     want = self.chunk if end - send_off > <long long>self.chunk else <size_t>(end - send_off)
-                    pattern_fill(self.base, self.sbuf, send_off, want)
+                    sbuf = self._window(send_off, want)
                     sbuf_start = send_off
                     sbuf_end = send_off + want
-                r = send(self.fd, self.sbuf + (send_off - sbuf_start), <size_t>(sbuf_end - send_off),
+                r = send(self.fd, sbuf + (send_off - sbuf_start), <size_t>(sbuf_end - send_off),
                          MSG_NOSIGNAL | MSG_DONTWAIT)
                 if r > 0:
                     send_off += r
