@@ -129,7 +129,7 @@ def test_idle_client_is_ended_by_the_receive_timeout(core: str) -> None:
 # -- the client cannot reach the server -------------------------------------------------
 
 def test_unknown_host(core: str) -> None:
-    with pytest.raises(EchoError, match="cannot resolve host 'no-such-host.invalid'"):
+    with pytest.raises(EchoError, match=r"cannot resolve host 'no-such-host\.invalid'"):
         EchoClient(UNKNOWN_HOST, 8000, core=core).run()
 
 
