@@ -93,3 +93,23 @@ def closed_port() -> tuple[socket.socket, int]:
     sock = socket.socket()
     sock.bind((LOCALHOST, 0))
     return sock, sock.getsockname()[1]
+
+
+def recording_echo(record: bytearray) -> Handler:
+    """Echo as bytes come, and keep a copy of everything received in ``record``."""
+    def handle(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            record.extend(data)
+            conn.sendall(data)
+    return handle
+
+
+def scripted_reply(reply: Callable[[int, int], bytes]) -> Handler:
+    """Answer each chunk received at stream offset ``off`` with ``reply(off, len)``, not
+    with the chunk itself."""
+    def handle(conn: socket.socket) -> None:
+        off = 0
+        while data := conn.recv(1 << 16):
+            conn.sendall(reply(off, len(data)))
+            off += len(data)
+    return handle
