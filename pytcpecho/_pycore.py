@@ -230,7 +230,8 @@ class ClientSession:
                 if recv_off < send_off:
                     want = min(self._chunk, send_off - recv_off)
                     try:
-                        r = sock.recv_into(rview[:want],
+                        # recv_into(buffer, nbytes, flags): the flags are the third argument.
+                        r = sock.recv_into(rview, want,
                                            0 if send_off >= end else socket.MSG_DONTWAIT)
                     except BlockingIOError:
                         if send_off >= end:
