@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 
@@ -112,4 +113,14 @@ def scripted_reply(reply: Callable[[int, int], bytes]) -> Handler:
         while data := conn.recv(1 << 16):
             conn.sendall(reply(off, len(data)))
             off += len(data)
+    return handle
+
+
+def resetting(after: int) -> Handler:
+    """Read ``after`` bytes (0: none), then reset the connection (SO_LINGER 0)."""
+    def handle(conn: socket.socket) -> None:
+        got = 0
+        while got < after and (data := conn.recv(after - got)):
+            got += len(data)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     return handle

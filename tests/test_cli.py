@@ -154,6 +154,7 @@ WITHOUT_CYTHON = (
     ("client", "127.0.0.1:1", "--core", "cython"),
     ("ping", "127.0.0.1:1", "--core", "cython"),
     ("serve", "--port", "0", "--core", "cython"),
+    ("demo", "--core", "cython"),
 ])
 def test_core_cython_when_not_built_is_a_usage_error(args: tuple[str, ...]) -> None:
     result = subprocess.run([sys.executable, "-c", WITHOUT_CYTHON, *args], capture_output=True,

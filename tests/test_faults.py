@@ -10,8 +10,25 @@ import struct
 import threading
 
 import pytest
-from fakes import closed_port, fake_server, flipping_echo, half_echo, no_echo, silent
-from support import CI, LOCALHOST, assert_one_line_error, cli, connect, recv_exactly, running_server
+from fakes import (
+    closed_port,
+    fake_server,
+    flipping_echo,
+    half_echo,
+    no_echo,
+    resetting,
+    silent,
+)
+from support import (
+    CI,
+    LOCALHOST,
+    ServeProcess,
+    assert_one_line_error,
+    cli,
+    connect,
+    recv_exactly,
+    running_server,
+)
 
 from pytcpecho import EchoClient, EchoError, EchoServer
 
@@ -318,3 +335,43 @@ def test_silent_server_cli() -> None:
             release.set()
     line = assert_one_line_error(result, 1)
     assert "timed out after 0.3 s" in line
+
+
+@pytest.mark.parametrize("after", [0, 1000])
+def test_server_reset(core: str, after: int) -> None:
+    """The server resets the connection, at once or mid-message: the client says so in
+    words (EchoError when it happens while connecting), never with a raw OSError.
+    Fifty tries, because where the reset lands is a race."""
+    outcomes = set()
+    with fake_server(resetting(after)) as port:
+        for _ in range(50):
+            try:
+                result = EchoClient(LOCALHOST, port, size=SEED_SIZE, core=core).run()
+            except EchoError as exc:
+                assert str(exc).startswith(f"cannot connect to 127.0.0.1:{port}: ") or \
+                    str(exc).startswith(f"connection to 127.0.0.1:{port} failed: "), exc
+                outcomes.add("EchoError")
+                continue
+            assert not result.intact
+            assert result.problem is not None
+            assert result.problem.startswith(("connection reset by the server", "short echo",
+                                              "connection failed: Broken pipe")), \
+                result.problem
+            outcomes.add(result.problem.split(" (")[0])
+    print(f"\nserver resets after {after} bytes, core {core}: {sorted(outcomes)}")
+
+
+def test_server_reset_cli() -> None:
+    with fake_server(resetting(1000)) as port:
+        result = cli("client", f"127.0.0.1:{port}")
+    assert_one_line_error(result, 1)
+
+
+@pytest.mark.usefixtures("ipv6")
+def test_serve_command_on_ipv6() -> None:
+    with ServeProcess("--host", "::1", "--port", "0") as serve:
+        port = int(serve.wait_for(r"^Server at \[::1\]:(\d+)$").group(1))
+        result = cli("client", f"[::1]:{port}", "--mode", "stream")
+        assert result.returncode == 0, result
+        serve.wait_for(r"^Connection closed by client at \('::1', \d+\)")
+        assert serve.stop() == 0
