@@ -276,6 +276,10 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    try:
+        cores.load(args.core)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
     return EXIT_OK if run_demo(core=args.core, mode=args.mode) else EXIT_NOT_INTACT
 
 
