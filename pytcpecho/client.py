@@ -109,7 +109,11 @@ class EchoClient:
     def run(self) -> EchoResult:
         """Connect, exchange the payload, verify it; see ``EchoResult.intact``."""
         with self.connect() as sock:
-            peer = peer_name(sock.getpeername())
+            try:
+                peer = peer_name(sock.getpeername())
+            except OSError as exc:  # reset between connect() and now
+                raise EchoError(f"connection to {self.target} failed: {exc.strerror or exc}"
+                                ) from None
             session = self.core.ClientSession(sock.fileno(), self.size, make_base(self.seed),
                                               self.mode, self.timeout)
             problem = None
