@@ -7,6 +7,7 @@ must win the GIL back, so it slows down when other Python threads are busy.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import select
 import socket
@@ -193,7 +194,10 @@ class ClientSession:
 
     def _half_close(self, sock: socket.socket, finish: bool) -> None:
         if finish and not self._shut:
-            sock.shutdown(socket.SHUT_WR)
+            # As in the Cython core, a failed half-close is not the error to report: a
+            # reset peer makes it ENOTCONN, and the next recv() says what happened.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
             self._shut = True
 
     def _transfer(self, sock: socket.socket, length: int, finish: bool, deadline: int) -> bool:
