@@ -289,3 +289,10 @@ def test_server_address_and_context_manager() -> None:
         probe.close()
     with pytest.raises(OSError):
         socket.create_connection((LOCALHOST, port), timeout=5).close()
+
+
+def test_client_without_timeout(core: str) -> None:
+    with running_server(core=core, mode="message", size=5000) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=5000, count=3, core=core,
+                            timeout=None).run()
+    assert result.intact, result.problem

@@ -128,3 +128,26 @@ def test_200_connections_held_open_together(core: str, mode: str) -> None:
                 sock.close()
         assert server.wait(lambda s: s.active == 0 and s.total == CLIENTS, 30)
         assert server.stats.errors == 0
+
+
+@pytest.mark.timeout(120)
+def test_more_clients_than_max_clients_wait_their_turn(core: str) -> None:
+    """50 clients, at most 10 served at once: the rest wait in the backlog, none fails."""
+    results: list[EchoResult] = []
+    with running_server(mode="message", size=SEED_SIZE, core=core, max_clients=10) as server:
+        port = server.address[1]
+
+        def one(i: int) -> None:
+            results.append(EchoClient(LOCALHOST, port, size=SEED_SIZE, core=core, timeout=60,
+                                      seed=i).run())
+
+        with peak_active(server) as peak:
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert server.wait(lambda s: s.active == 0 and s.total == 50, 30), server.stats
+    assert len(results) == 50
+    assert all(r.intact for r in results), [r.problem for r in results if not r.intact][:3]
+    assert 1 <= peak[0] <= 10
