@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from fakes import closed_port
-from support import CI, LOCALHOST, assert_one_line_error, cli, running_server
+from support import CI, LOCALHOST, ServeProcess, assert_one_line_error, cli, running_server
 
 from pytcpecho import __version__
 from pytcpecho import core as cores
@@ -265,3 +265,14 @@ def test_demo(core: str, mode: str) -> None:
         assert out.count("server   | Received 102400 bytes") == 3
         assert out.count("server   | Data sent back to client") == 3
     assert re.search(r"^Demo passed: 3 clients, 307200 bytes echoed, core \w+$", out, re.M)
+
+
+def test_serve_quiet_has_no_connection_lines() -> None:
+    with ServeProcess("--host", LOCALHOST, "--port", "0", "--mode", "message", "-q") as serve:
+        port = serve.wait_listening()
+        assert cli("client", f"127.0.0.1:{port}").returncode == 0
+        assert cli("ping", f"127.0.0.1:{port}").returncode == 0
+        assert serve.stop() == 0
+        out = serve.output()
+    assert "Served 2 connections" in out
+    assert "Connected by" not in out and "Received" not in out and "closed by" not in out

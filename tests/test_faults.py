@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -31,6 +34,7 @@ from support import (
 )
 
 from pytcpecho import EchoClient, EchoError, EchoServer
+from pytcpecho import core as cores
 
 SEED_SIZE = 102400
 UNKNOWN_HOST = "no-such-host.invalid"  # RFC 6761: never resolves
@@ -375,3 +379,33 @@ def test_serve_command_on_ipv6() -> None:
         assert result.returncode == 0, result
         serve.wait_for(r"^Connection closed by client at \('::1', \d+\)")
         assert serve.stop() == 0
+
+
+@pytest.mark.parametrize("client_core", ["cython", "python"])
+def test_ctrl_c_while_waiting_for_the_echo(client_core: str) -> None:
+    """SIGINT reaches a client blocked in the core's recv(): exit 130, no traceback."""
+    if client_core == "cython" and not cores.cython_available():
+        pytest.skip("the Cython core is not built here")  # the core fixture fails in CI
+    waiting, release = threading.Event(), threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        while conn.recv(1 << 16):
+            pass
+        waiting.set()  # the client sent everything and half-closed: it waits for the echo
+        release.wait(30)
+
+    with fake_server(handler) as port:
+        proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", "client",
+                                 f"127.0.0.1:{port}", "--timeout", "30", "--core", client_core],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert waiting.wait(30), "the client never sent its message"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=15)
+        finally:
+            release.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert "Traceback" not in err
