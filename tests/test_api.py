@@ -177,7 +177,8 @@ def test_sessions_reject_bad_sizes(core: str) -> None:
 
 @pytest.mark.parametrize("options", [
     {"mode": "bogus"}, {"size": 0}, {"max_clients": 0}, {"idle_timeout": 0},
-    {"idle_timeout": -1}, {"max_bytes": -1}, {"core": "rust"}, {"allow": ["nope"]},
+    {"idle_timeout": -1}, {"idle_timeout": float("nan")}, {"idle_timeout": float("inf")},
+    {"idle_timeout": 1e10}, {"max_bytes": -1}, {"core": "rust"}, {"allow": ["nope"]},
 ])
 def test_server_rejects_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -186,7 +187,8 @@ def test_server_rejects_bad_options(options: dict[str, object]) -> None:
 
 @pytest.mark.parametrize("options", [
     {"mode": "bogus"}, {"size": 0}, {"count": 0}, {"size": -5}, {"timeout": 0},
-    {"timeout": -1}, {"core": "rust"},
+    {"timeout": -1}, {"timeout": float("nan")}, {"timeout": float("inf")}, {"timeout": 1e10},
+    {"timeout": 3e6}, {"core": "rust"},
 ])
 def test_client_rejects_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -289,6 +291,13 @@ def test_server_address_and_context_manager() -> None:
         probe.close()
     with pytest.raises(OSError):
         socket.create_connection((LOCALHOST, port), timeout=5).close()
+
+
+def test_client_with_the_longest_timeout(core: str) -> None:
+    with running_server(core=core) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=100, core=core,
+                            timeout=1e6).run()
+    assert result.intact, result.problem
 
 
 def test_client_without_timeout(core: str) -> None:
