@@ -20,6 +20,7 @@ from . import core as cores
 from ._version import __version__
 from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult
 from .server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CLIENTS, DEFAULT_SIZE, MODES, EchoServer
+from .sockets import MAX_TIMEOUT
 from .units import DEFAULT_PORT, format_hostport, parse_hostport, parse_port, parse_size
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -61,8 +62,10 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"invalid duration {text!r}: give seconds, e.g. 10 or 0.5") from None
-    if not value > 0 or value == float("inf"):
+    if not value > 0:
         raise ValueError(f"invalid duration {text!r}: must be positive")
+    if value > MAX_TIMEOUT:
+        raise ValueError(f"invalid duration {text!r}: at most {MAX_TIMEOUT:g} seconds")
     return value
 
 

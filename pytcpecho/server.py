@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from . import core as cores
-from .sockets import set_io_timeout, set_nodelay
+from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
 from .units import DEFAULT_PORT, format_hostport, peer_name
 from .workers import Workers
 
@@ -99,8 +99,9 @@ class EchoServer:
             raise ValueError("size must be positive")
         if max_clients < 1:
             raise ValueError("max_clients must be at least 1")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive (None: no timeout)")
+        if idle_timeout is not None and not 0 < idle_timeout <= MAX_TIMEOUT:
+            raise ValueError(f"idle_timeout must be positive, at most {MAX_TIMEOUT:g} s "
+                             "(None: no timeout)")
         if max_bytes < 0:
             raise ValueError("max_bytes must be 0 (no limit) or positive")
         self.mode = mode
