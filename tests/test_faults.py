@@ -409,3 +409,25 @@ def test_ctrl_c_while_waiting_for_the_echo(client_core: str) -> None:
                 proc.wait(5)
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in err
+
+
+# -- the server cannot serve ----------------------------------------------------------------
+
+HUGE = 1 << 50  # 1 PiB: beyond a 47-bit user address space, so no allocator can grant it
+
+
+def test_message_size_beyond_memory_is_one_warning_per_client(
+        core: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Each client is turned away with one plain line; the server keeps serving."""
+    caplog.set_level(logging.INFO, logger="pytcpecho")
+    with running_server(mode="message", size=HUGE, core=core) as server:
+        for _ in range(2):
+            result = EchoClient(LOCALHOST, server.address[1], size=64, core=core).run()
+            assert not result.intact
+        assert server.wait(lambda s: s.active == 0 and s.errors == 2, 10), server.stats
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(failures) == 2, [r.getMessage() for r in failures]
+    for record in failures:
+        assert record.exc_info is None, "a traceback in the server's log"
+        assert "out of memory" in record.getMessage()
+        assert "1024 TiB" in record.getMessage()
