@@ -23,7 +23,7 @@ from typing import Any
 
 from . import core as cores
 from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
-from .units import DEFAULT_PORT, format_hostport, peer_name
+from .units import DEFAULT_PORT, format_hostport, format_size, peer_name
 from .workers import Workers
 
 log = logging.getLogger("pytcpecho.server")
@@ -327,6 +327,10 @@ class EchoServer:
         except OSError as exc:
             self._count_error()
             conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
+        except MemoryError:  # e.g. a message size larger than this machine can hold
+            self._count_error()
+            conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
+                             format_size(self.size if self.mode == "message" else 256 * 1024))
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
             conn_log.exception("Connection with %r failed", peer)
