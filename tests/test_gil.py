@@ -4,8 +4,10 @@ A child process runs an EchoServer next to a Python thread that spins forever,
 with the switch interval raised to 0.5 s: any thread that needs the GIL waits
 up to half a second for it, every time.  The Cython core needs it only to
 accept and start a connection, so 200 round trips of 1 KiB on one connection
-finish in a few seconds; the pure-Python core needs it for every recv() and
-send(), so it manages only a handful of round trips in 5 s.
+finish in a few seconds, while another connection sits idle in recv() (a core
+that held the GIL there would freeze the whole server); the pure-Python core
+needs it for every recv() and send(), so it manages only a handful of round
+trips in 5 s.
 
 This is the one timed assertion the issue asks for, with wide margins: the
 Cython core must do the 200 within 30 s, where a core that took the GIL for
@@ -108,10 +110,14 @@ def test_cython_core_serves_while_python_spins(tmp_path: Path) -> None:
         if CI:
             pytest.fail("the Cython core did not build, and CI must test it")
         pytest.skip("the Cython core is not built here")
-    with busy_server("cython", tmp_path) as port:
+    with busy_server("cython", tmp_path) as port, connect(port, timeout=60) as idle:
+        # A first connection, now idle: its session waits in recv().  Were the GIL held
+        # there, no other thread of the server (accepting, serving) could ever run again.
+        idle.sendall(b"!")
+        assert recv_exactly(idle, 1) == b"!"
         started = time.perf_counter()
         result = EchoClient(LOCALHOST, port, size=MESSAGE, count=ROUND_TRIPS, mode="message",
-                            core="cython", timeout=60, seed=7).run()
+                            core="cython", timeout=BOUND_S, seed=7).run()
         elapsed = time.perf_counter() - started
     print(f"\nGIL held by a spinning thread, switch interval 0.5 s: Cython core server did "
           f"{result.messages} round trips of {MESSAGE} B in {elapsed:.2f} s "
