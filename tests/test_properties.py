@@ -149,3 +149,25 @@ def test_client_verifies_any_size_and_count(core: str, server_for: ServerFor, si
     assert result.intact, result.problem
     assert result.sent == result.received == size * count
     assert result.messages == count
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(server_size=st.sampled_from(MESSAGE_SIZES[1:]), k=st.integers(1, 3),
+       count=st.integers(1, 4), tail=st.integers(0, 999), client_mode=st.sampled_from(
+           ["message", "stream"]), seed=st.integers(0, 2**32 - 1))
+def test_client_against_message_server(core: str, server_for: ServerFor, server_size: int,
+                                       k: int, count: int, tail: int, client_mode: str,
+                                       seed: int) -> None:
+    """Message-mode server: messages of k whole server messages work at any count; any
+    other size works in one message, or in stream mode (the tail comes at EOF)."""
+    server = server_for(core, "message", server_size)
+    size = k * server_size
+    if tail and (count == 1 or client_mode == "stream"):
+        size += tail
+    else:
+        tail = 0
+    result = EchoClient(LOCALHOST, server.address[1], size=size, count=count,
+                        mode=client_mode, seed=seed, core=core, timeout=10).run()
+    assert result.intact, (size, count, result.problem)
+    assert result.received == size * count
