@@ -147,6 +147,20 @@ def test_idle_client_is_ended_by_the_receive_timeout(core: str) -> None:
         assert server.wait(lambda s: s.active == 0, 10)
 
 
+def test_connect_and_close_without_a_byte(core: str, mode: str,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Port probes (nc -z, health checks) are ordinary short connections."""
+    caplog.set_level(logging.INFO, logger="pytcpecho")
+    with running_server(mode=mode, core=core) as server:
+        for _ in range(5):
+            connect(server.address[1]).close()
+        assert server.wait(lambda s: s.total == 5 and s.active == 0, 10), server.stats
+        assert server.stats.errors == 0
+        _next_client_is_fine(server, core)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum(m.startswith("Connection closed by client") for m in _messages(caplog)) == 6
+
+
 # -- the client cannot reach the server -------------------------------------------------
 
 def test_unknown_host(core: str) -> None:
