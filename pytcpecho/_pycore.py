@@ -7,6 +7,7 @@ must win the GIL back, so it slows down when other Python threads are busy.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import select
@@ -220,7 +221,10 @@ class ClientSession:
 
     def _half_close(self, sock: socket.socket, finish: bool) -> None:
         if finish and not self._shut:
-            sock.shutdown(socket.SHUT_WR)
+            # As in the Cython core, a failed half-close is not the error to report: a
+            # reset peer makes it ENOTCONN, and the next recv() says what happened.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
             self._shut = True
 
     def _transfer(self, sock: socket.socket, length: int, finish: bool, deadline: int) -> bool:
@@ -257,7 +261,8 @@ class ClientSession:
                 if recv_off < send_off:
                     want = min(self._chunk, send_off - recv_off)
                     try:
-                        r = sock.recv_into(rview[:want],
+                        # recv_into(buffer, nbytes, flags): the flags are the third argument.
+                        r = sock.recv_into(rview, want,
                                            0 if send_off >= end else socket.MSG_DONTWAIT)
                     except BlockingIOError:
                         if send_off >= end:

@@ -28,6 +28,7 @@ from .server import (
     MODES,
     EchoServer,
 )
+from .sockets import MAX_TIMEOUT
 from .units import DEFAULT_PORT, format_hostport, parse_hostport, parse_port, parse_size
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -70,8 +71,10 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"invalid duration {text!r}: give seconds, e.g. 10 or 0.5") from None
-    if not value > 0 or value == float("inf"):
+    if not value > 0:
         raise ValueError(f"invalid duration {text!r}: must be positive")
+    if value > MAX_TIMEOUT:
+        raise ValueError(f"invalid duration {text!r}: at most {MAX_TIMEOUT:g} seconds")
     return value
 
 
@@ -338,6 +341,10 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    try:
+        cores.load(args.core)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
     return EXIT_OK if run_demo(core=args.core, mode=args.mode) else EXIT_NOT_INTACT
 
 

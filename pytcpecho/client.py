@@ -11,7 +11,7 @@ from . import core as cores
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
 from .server import DEFAULT_SIZE, MODES
-from .sockets import set_io_timeout, set_nodelay
+from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
 from .units import DEFAULT_PORT, format_hostport, peer_name
 
 DEFAULT_TIMEOUT = 10.0
@@ -70,8 +70,9 @@ class EchoClient:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if size <= 0 or count <= 0:
             raise ValueError("size and count must be positive")
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive (None: wait forever)")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s "
+                             "(None: wait forever)")
         self.host = host
         self.port = port
         self.size = size
@@ -109,7 +110,11 @@ class EchoClient:
     def run(self) -> EchoResult:
         """Connect, exchange the payload, verify it; see ``EchoResult.intact``."""
         with self.connect() as sock:
-            peer = peer_name(sock.getpeername())
+            try:
+                peer = peer_name(sock.getpeername())
+            except OSError as exc:  # reset between connect() and now
+                raise EchoError(f"connection to {self.target} failed: {exc.strerror or exc}"
+                                ) from None
             session = self.core.ClientSession(sock.fileno(), self.size, make_base(self.seed),
                                               self.mode, self.timeout)
             problem = None

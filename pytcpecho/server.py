@@ -22,8 +22,8 @@ from types import TracebackType
 from typing import Any
 
 from . import core as cores
-from .sockets import set_io_timeout, set_nodelay
-from .units import DEFAULT_PORT, format_hostport, peer_name
+from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
+from .units import DEFAULT_PORT, format_hostport, format_size, peer_name
 from .workers import Workers
 
 log = logging.getLogger("pytcpecho.server")
@@ -140,8 +140,9 @@ class EchoServer:
                              f"(64 MiB): each connection holds a buffer of that size")
         if max_clients < 1:
             raise ValueError("max_clients must be at least 1")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive (None: no timeout)")
+        if idle_timeout is not None and not 0 < idle_timeout <= MAX_TIMEOUT:
+            raise ValueError(f"idle_timeout must be positive, at most {MAX_TIMEOUT:g} s "
+                             "(None: no timeout)")
         if max_bytes < 0:
             raise ValueError("max_bytes must be 0 (no limit) or positive")
         if worker_idle <= 0:
@@ -399,6 +400,10 @@ class EchoServer:
             self._log_end(peer, session, ended)
         except OSError as exc:
             self._log_failure(peer, session, exc)
+        except MemoryError:  # e.g. a message size larger than this machine can hold
+            self._count_error()
+            conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
+                             format_size(self.size if self.mode == "message" else 256 * 1024))
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
             conn_log.exception("Connection with %r failed", peer)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import socket
 import struct
 
+MAX_TIMEOUT = 1_000_000.0
+"""Longest timeout in seconds (11.5 days): longer ones overflow the platform's timers
+(time_t in settimeout(), poll()'s int milliseconds, lock waits)."""
+
 
 def set_io_timeout(sock: socket.socket, seconds: float | None) -> None:
     """Make ``sock`` blocking, with SO_RCVTIMEO/SO_SNDTIMEO bounding each wait.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from fractions import Fraction
 
 DEFAULT_PORT = 8000
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE | re.ASCII)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
@@ -18,8 +19,8 @@ def parse_size(text: str) -> int:
         raise ValueError(f"invalid size {text!r}: use bytes, optionally with KiB, MiB, GiB or TiB")
     number, prefix, suffix = m.group(1), m.group(2).lower(), m.group(3).lower()
     base = 1000 if suffix == "b" and prefix else 1024
-    value = float(number) * base ** _POWERS[prefix]
-    if value != int(value) or ("." in number and not prefix):
+    value = Fraction(number) * base ** _POWERS[prefix]  # exact, unlike a float
+    if value.denominator != 1 or ("." in number and not prefix):
         raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
     return int(value)
 

@@ -1,0 +1,126 @@
+"""Tiny misbehaving servers, so the client's verdicts can be tested against known faults."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+
+from support import LOCALHOST
+
+Handler = Callable[[socket.socket], None]
+
+
+@contextlib.contextmanager
+def fake_server(handler: Handler, host: str = LOCALHOST) -> Iterator[int]:
+    """Serve each connection with ``handler`` on its own thread; yields the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, 0), family=family)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            with contextlib.suppress(OSError):
+                handler(conn)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=serve, args=(conn,), daemon=True)
+            threads.append(t)
+            t.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
+        for t in threads:
+            t.join(10)
+
+
+def flipping_echo(offset: int) -> Handler:
+    """Echo as bytes come, but with the byte at stream ``offset`` inverted."""
+    def handle(conn: socket.socket) -> None:
+        pos = 0
+        while data := conn.recv(1 << 16):
+            if pos <= offset < pos + len(data):
+                buf = bytearray(data)
+                buf[offset - pos] ^= 0xFF
+                data = bytes(buf)
+            conn.sendall(data)
+            pos += len(data)
+    return handle
+
+
+def half_echo(conn: socket.socket) -> None:
+    """Read until the client's EOF, echo only the first half, close."""
+    received = bytearray()
+    while data := conn.recv(1 << 16):
+        received += data
+    conn.sendall(received[: len(received) // 2])
+
+
+def no_echo(conn: socket.socket) -> None:
+    """Read until the client's EOF, then close without a byte back."""
+    while conn.recv(1 << 16):
+        pass
+
+
+def silent(release: threading.Event) -> Handler:
+    """Read everything, answer nothing, keep the connection open until ``release``."""
+    def handle(conn: socket.socket) -> None:
+        while conn.recv(1 << 16):
+            pass
+        release.wait(30)
+    return handle
+
+
+def closed_port() -> tuple[socket.socket, int]:
+    """A port bound but not listening: connecting to it is refused, and no one can take it."""
+    sock = socket.socket()
+    sock.bind((LOCALHOST, 0))
+    return sock, sock.getsockname()[1]
+
+
+def recording_echo(record: bytearray) -> Handler:
+    """Echo as bytes come, and keep a copy of everything received in ``record``."""
+    def handle(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            record.extend(data)
+            conn.sendall(data)
+    return handle
+
+
+def scripted_reply(reply: Callable[[int, int], bytes]) -> Handler:
+    """Answer each chunk received at stream offset ``off`` with ``reply(off, len)``, not
+    with the chunk itself."""
+    def handle(conn: socket.socket) -> None:
+        off = 0
+        while data := conn.recv(1 << 16):
+            conn.sendall(reply(off, len(data)))
+            off += len(data)
+    return handle
+
+
+def resetting(after: int) -> Handler:
+    """Read ``after`` bytes (0: none), then reset the connection (SO_LINGER 0)."""
+    def handle(conn: socket.socket) -> None:
+        got = 0
+        while got < after and (data := conn.recv(after - got)):
+            got += len(data)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return handle

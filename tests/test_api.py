@@ -1,0 +1,307 @@
+"""The Python API, the payload pattern shared by both cores, and what a demanding user
+runs into that the seed never tried: mixed modes, many messages, big messages."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+import pytest
+from fakes import fake_server, recording_echo, scripted_reply
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import LOCALHOST, cli, connect, running_server
+
+from pytcpecho import EchoClient, EchoServer
+from pytcpecho import core as cores
+from pytcpecho.pattern import BLOCK, HEADER, Pattern, make_base
+from pytcpecho.sockets import set_io_timeout
+
+SEED_SIZE = 102400
+MIB = 1 << 20
+
+
+# -- the pattern ---------------------------------------------------------------------------
+
+def test_make_base_is_seeded() -> None:
+    assert make_base(1) == make_base(1)
+    assert make_base(1) != make_base(2)
+    assert len(make_base(0)) == BLOCK
+
+
+def test_blocks_differ_only_in_their_numbered_header() -> None:
+    p = Pattern(make_base(5))
+    b0, b1, b300 = p.block(0), p.block(1), p.block(300)
+    assert b0 == make_base(5)  # block 0: header xored with 0
+    assert b0[HEADER:] == b1[HEADER:] == b300[HEADER:]
+    assert bytes(a ^ b for a, b in zip(b0[:HEADER], b300[:HEADER], strict=True)) == \
+        (300).to_bytes(HEADER, "little")
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), off=st.integers(0, 5 * BLOCK), n=st.integers(0, 3 * BLOCK))
+def test_slice_is_a_window_on_one_stream(seed: int, off: int, n: int) -> None:
+    p = Pattern(make_base(seed))
+    whole = b"".join(p.block(k) for k in range((off + n) // BLOCK + 1))
+    assert p.slice(off, n) == whole[off : off + n]
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), off=st.integers(0, 3 * BLOCK), n=st.integers(1, BLOCK),
+       data=st.data())
+def test_mismatch_finds_the_first_wrong_byte(seed: int, off: int, n: int,
+                                             data: st.DataObject) -> None:
+    p = Pattern(make_base(seed))
+    good = p.slice(off, n)
+    assert p.mismatch(good, off) == -1
+    bad_at = data.draw(st.integers(0, n - 1))
+    bad = bytearray(good)
+    bad[bad_at] ^= data.draw(st.integers(1, 255))
+    assert p.mismatch(bytes(bad), off) == bad_at
+    assert p.mismatch(memoryview(bytes(bad)), off) == bad_at
+
+
+@pytest.mark.parametrize(("client_mode", "size", "count"), [
+    ("stream", 300_000, 1),       # crosses four blocks in one transfer
+    ("message", 70_000, 3),       # offsets carry over from message to message
+    ("message", 1, 5),
+])
+def test_both_cores_send_the_pattern(client_mode: str, size: int, count: int) -> None:
+    """What each core's ClientSession puts on the wire is pattern.Pattern, byte for byte."""
+    names = ["python"] + (["cython"] if cores.cython_available() else [])
+    expected = Pattern(make_base(99)).slice(0, size * count)
+    for name in names:
+        record = bytearray()
+        with fake_server(recording_echo(record)) as port:
+            result = EchoClient(LOCALHOST, port, size=size, count=count, mode=client_mode,
+                                seed=99, core=name).run()
+        assert result.intact, (name, result.problem)
+        assert bytes(record) == expected, name
+
+
+def test_both_cores_verify_against_the_pattern(core: str) -> None:
+    """A server that never echoes, but answers with pattern.Pattern's bytes computed in
+    Python: each core's client must find them intact; one wrong byte, and it must not."""
+    pattern = Pattern(make_base(123))
+    with fake_server(scripted_reply(pattern.slice)) as port:
+        result = EchoClient(LOCALHOST, port, size=3 * BLOCK + 5, count=2, seed=123,
+                            core=core).run()
+    assert result.intact, result.problem
+
+    def off_by_one_block(off: int, n: int) -> bytes:
+        return pattern.slice(off + BLOCK, n)  # a repeated or lost block must not pass
+
+    with fake_server(scripted_reply(off_by_one_block)) as port:
+        result = EchoClient(LOCALHOST, port, size=3 * BLOCK, seed=123, core=core).run()
+    assert not result.intact
+    assert result.problem is not None and "at byte 0 " in result.problem
+
+
+def test_same_seed_same_bytes_different_seed_different_bytes() -> None:
+    records = []
+    for seed in (1, 1, 2):
+        record = bytearray()
+        with fake_server(recording_echo(record)) as port:
+            result = EchoClient(LOCALHOST, port, size=1000, seed=seed).run()
+        assert result.seed == seed
+        records.append(bytes(record))
+    assert records[0] == records[1] != records[2]
+
+
+def test_random_seed_is_reported() -> None:
+    with running_server() as server:
+        a = EchoClient(LOCALHOST, server.address[1], size=10).run()
+        b = EchoClient(LOCALHOST, server.address[1], size=10).run()
+    assert a.intact and b.intact
+    assert a.seed != b.seed
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+def test_client_session_offset_carries_over_runs(core: str) -> None:
+    """Two run() calls on one connection continue one stream, as the docstring promises."""
+    mod = cores.load(core)
+    record = bytearray()
+    with fake_server(recording_echo(record)) as port, connect(port) as sock:
+        set_io_timeout(sock, 10)  # the cores need a blocking fd
+        session = mod.ClientSession(sock.fileno(), 5000, make_base(4), "message", 10.0)
+        assert session.run(2, finish=False)
+        assert session.run(3)
+        assert session.messages == 5
+        assert session.bytes_sent == session.bytes_received == 25000
+        assert sock.recv(1) == b""  # finish=True half-closed it; the echo server closed
+    assert bytes(record) == Pattern(make_base(4)).slice(0, 25000)
+
+
+def test_client_session_duration_and_stop(core: str) -> None:
+    mod = cores.load(core)
+    with running_server(core=core) as server:
+        with connect(server.address[1]) as sock:
+            set_io_timeout(sock, 10)
+            session = mod.ClientSession(sock.fileno(), 100, make_base(1), "message", 10.0)
+            with pytest.raises(ValueError, match="count or a duration"):
+                session.run(0)
+            assert session.run(0, duration=0.2)
+            assert session.messages > 0
+            assert session.latency_min_ns > 0
+            assert sum(session.histogram()) == session.messages
+
+        with connect(server.address[1]) as sock:
+            set_io_timeout(sock, 10)
+            stopper = mod.ClientSession(sock.fileno(), 100, make_base(1), "message", 10.0)
+            stopper.stop()  # before it starts: no message goes out, the run ends at once
+            assert stopper.run(10)
+            assert stopper.messages == 0
+            assert sock.recv(1) == b""  # half-closed; the server saw EOF and closed
+
+
+@pytest.mark.parametrize("mode", ["bogus", ""])
+def test_sessions_reject_a_bad_mode(core: str, mode: str) -> None:
+    mod = cores.load(core)
+    with pytest.raises(ValueError, match="mode"):
+        mod.EchoSession(0, mode)
+    with pytest.raises(ValueError, match="mode"):
+        mod.ClientSession(0, 10, make_base(0), mode)
+
+
+def test_sessions_reject_bad_sizes(core: str) -> None:
+    mod = cores.load(core)
+    with pytest.raises(ValueError):
+        mod.EchoSession(0, "message", 0)
+    with pytest.raises(ValueError):
+        mod.ClientSession(0, 0, make_base(0))
+    with pytest.raises(ValueError, match="pattern base"):
+        mod.ClientSession(0, 10, b"short")
+
+
+@pytest.mark.parametrize("options", [
+    {"mode": "bogus"}, {"size": 0}, {"max_clients": 0}, {"idle_timeout": 0},
+    {"idle_timeout": -1}, {"idle_timeout": float("nan")}, {"idle_timeout": float("inf")},
+    {"idle_timeout": 1e10}, {"max_bytes": -1}, {"core": "rust"}, {"allow": ["nope"]},
+])
+def test_server_rejects_bad_options(options: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        EchoServer((LOCALHOST, 0), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options", [
+    {"mode": "bogus"}, {"size": 0}, {"count": 0}, {"size": -5}, {"timeout": 0},
+    {"timeout": -1}, {"timeout": float("nan")}, {"timeout": float("inf")}, {"timeout": 1e10},
+    {"timeout": 3e6}, {"core": "rust"},
+])
+def test_client_rejects_bad_options(options: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        EchoClient(LOCALHOST, 1, **options)  # type: ignore[arg-type]
+
+
+def test_result_fields(core: str) -> None:
+    with running_server(core=core) as server:
+        port = server.address[1]
+        r = EchoClient(LOCALHOST, port, size=1000, count=4, core=core, seed=8).run()
+    assert (r.host, r.port, r.peer, r.mode, r.size, r.count, r.seed) == \
+        (LOCALHOST, port, (LOCALHOST, port), "message", 1000, 4, 8)
+    assert r.sent == r.received == r.expected == 4000
+    assert r.messages == 4 and r.latency.count == 4
+    assert 0 < r.latency.min <= r.latency.p50 <= r.latency.max
+    assert r.elapsed > 0 and r.mib_per_s > 0
+    assert r.problem is None
+
+
+# -- what a demanding user tries -------------------------------------------------------------
+
+@pytest.mark.parametrize(("size", "count"), [(SEED_SIZE, 3), (1000, 1), (150_000, 1),
+                                             (150_000, 7)])
+def test_stream_client_against_message_server(core: str, size: int, count: int) -> None:
+    """The server's unit does not matter to a stream client: whole messages come back at
+    once, the tail when the client half-closes."""
+    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=size, count=count,
+                            mode="stream", core=core).run()
+    assert result.intact, result.problem
+    assert result.received == size * count
+
+
+def test_message_client_many_round_trips_against_message_server(core: str) -> None:
+    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=SEED_SIZE, count=20,
+                            core=core).run()
+        assert server.wait(lambda s: s.active == 0, 10)
+        assert server.stats.total == 1  # one connection for all 20
+    assert result.intact, result.problem
+    assert result.messages == 20
+
+
+def test_smaller_messages_than_the_server_expects_time_out_cleanly(core: str) -> None:
+    """A message-mode server waits for a whole message: a client sending smaller ones,
+    more than one, gets no echo until its timeout, and says so (no hang, no traceback)."""
+    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=1000, count=2, core=core,
+                            timeout=0.3).run()
+        assert server.wait(lambda s: s.active == 0, 10)
+    assert not result.intact
+    assert result.problem is not None
+    assert result.problem.startswith("timed out after 0.3 s waiting for the echo")
+    assert result.received == 0
+
+
+@pytest.mark.parametrize("server_mode", ["message", "stream"])
+def test_ping_against_either_server_mode(server_mode: str) -> None:
+    with running_server(mode=server_mode, size=SEED_SIZE) as server:
+        result = cli("ping", f"127.0.0.1:{server.address[1]}", "-c", "2", "--size", "1KiB")
+    assert result.returncode == 0, result
+    assert result.stdout.count("1024 bytes from 127.0.0.1:") == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("server_mode", ["message", "stream"])
+def test_messages_larger_than_every_socket_buffer(core: str, server_mode: str) -> None:
+    """8 MiB round trips: the client sends and reads at once, so nothing deadlocks."""
+    size = 8 * MIB if core == "cython" else 2 * MIB
+    with running_server(mode=server_mode, size=size, core=core) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=size, count=2, core=core,
+                            timeout=10).run()
+    assert result.intact, result.problem
+
+
+def test_close_ends_connections_in_flight(core: str) -> None:
+    """close() wakes every connection thread and joins it, even mid-message."""
+    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
+        socks = [connect(server.address[1]) for _ in range(3)]
+        for sock in socks:
+            sock.sendall(b"x" * 100)
+        assert server.wait(lambda s: s.active == 3, 10)
+        closer = threading.Thread(target=server.close)
+        closer.start()
+        closer.join(15)
+        assert not closer.is_alive(), "close() hangs on connections in flight"
+        assert server.threads == 0
+        for sock in socks:
+            with sock:
+                sock.settimeout(10)
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(1 << 20) in (b"x" * 100, b"")
+
+
+def test_server_address_and_context_manager() -> None:
+    with EchoServer((LOCALHOST, 0)) as server:
+        host, port = server.address
+        assert host == LOCALHOST and port > 0
+        probe = socket.create_connection((LOCALHOST, port), timeout=5)  # kernel backlog
+        probe.close()
+    with pytest.raises(OSError):
+        socket.create_connection((LOCALHOST, port), timeout=5).close()
+
+
+def test_client_with_the_longest_timeout(core: str) -> None:
+    with running_server(core=core) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=100, core=core,
+                            timeout=1e6).run()
+    assert result.intact, result.problem
+
+
+def test_client_without_timeout(core: str) -> None:
+    with running_server(core=core, mode="message", size=5000) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=5000, count=3, core=core,
+                            timeout=None).run()
+    assert result.intact, result.problem

@@ -1,0 +1,287 @@
+"""The ``pytcpecho`` command: help, versions, bad input, and each subcommand's output.
+
+Argument errors are checked in-process (``cli.main``, fast); everything that
+runs a server, a client or the entry points goes through a real process.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from fakes import closed_port
+from support import CI, LOCALHOST, ServeProcess, assert_one_line_error, cli, running_server
+
+from pytcpecho import __version__
+from pytcpecho import core as cores
+from pytcpecho.cli import COMMANDS, main
+
+SUBCOMMANDS = ("serve", "client", "ping", "demo")
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``pytcpecho ARGS`` in this process, as a CompletedProcess."""
+    try:
+        status = main(list(args))
+    except SystemExit as exc:
+        status = exc.code  # type: ignore[assignment]
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["pytcpecho", *args], status, out, err)
+
+
+# -- help and version -------------------------------------------------------------------
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert re.fullmatch(rf"pytcpecho {re.escape(__version__)} \(core: (cython|python)\)\n",
+                        result.stdout)
+
+
+def test_every_command_is_registered() -> None:
+    assert len(COMMANDS) == len(SUBCOMMANDS)
+    result = cli("--help")
+    assert result.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_main(capsys, command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: pytcpecho {command}")
+    assert "--core" in result.stdout
+    assert result.stderr == ""
+
+
+def test_python_m_pytcpecho() -> None:
+    result = subprocess.run([sys.executable, "-m", "pytcpecho", "client", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: pytcpecho client")
+
+
+def test_console_script() -> None:
+    exe = shutil.which("pytcpecho")
+    if exe is None:
+        if CI:
+            pytest.fail("the pytcpecho console script is not installed")
+        pytest.skip("the package is not installed here (no pytcpecho on PATH)")
+    result = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("pytcpecho ")
+
+
+# -- bad input: exit 2, one line ------------------------------------------------------------
+
+BAD_INPUT = [
+    # no or unknown command, unknown option, missing target
+    (), ("bogus",), ("client",), ("client", "h", "--bogus"), ("ping",),
+    # sizes
+    ("client", "h", "--size", "0"), ("client", "h", "--size", "-1"),
+    ("client", "h", "--size", "abc"), ("client", "h", "--size", "1.5"),
+    ("client", "h", "--size", "1.1k"), ("client", "h", "--size", ""),
+    ("ping", "h", "--size", "0"), ("serve", "--size", "0"), ("serve", "--size", "x"),
+    ("serve", "--max-bytes", "lots"),
+    # ports and hosts
+    ("serve", "--port", "70000"), ("serve", "--port", "-1"), ("serve", "--port", "x"),
+    ("client", "h:0"), ("client", "h:65536"), ("client", "h:x"), ("client", "h:"),
+    ("client", ":8000"), ("client", ""), ("client", "[::1]x"), ("client", "[::1"),
+    ("client", "[nope]:80"), ("client", "a:b:c"), ("ping", "h:99999"),
+    # counts
+    ("client", "h", "--count", "0"), ("client", "h", "--count", "-3"),
+    ("client", "h", "--count", "x"), ("client", "h", "--count", "1.5"),
+    ("ping", "h", "-c", "0"), ("serve", "--max-clients", "0"),
+    # timeouts
+    ("client", "h", "--timeout", "0"), ("client", "h", "--timeout", "-1"),
+    ("client", "h", "--timeout", "x"), ("client", "h", "--timeout", "inf"),
+    ("client", "h", "--timeout", "nan"), ("ping", "h", "--timeout", "0"),
+    ("serve", "--idle-timeout", "0"), ("serve", "--grace", "-1"),
+    # too long for the platform's timers (time_t, poll()'s int milliseconds)
+    ("client", "h", "--timeout", "1e10"), ("client", "h", "--timeout", "3000000"),
+    ("ping", "h", "--timeout", "1e300"), ("serve", "--idle-timeout", "1e10"),
+    ("serve", "--grace", "1e10"),
+    # choices and seeds
+    ("client", "h", "--mode", "bogus"), ("serve", "--mode", "bogus"),
+    ("serve", "--core", "rust"), ("demo", "--core", "rust"), ("client", "h", "--seed", "x"),
+]
+
+
+@pytest.mark.parametrize("args", BAD_INPUT, ids=lambda a: " ".join(a) or "(nothing)")
+def test_bad_input_is_one_line(args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    if args[:1] in (("serve",), ("demo",)):
+        # In a child: if the input were wrongly accepted, a server would run (and be killed).
+        result = cli(*args, timeout=30)
+    else:
+        result = run_main(capsys, *args)
+    line = assert_one_line_error(result, 2)
+    assert line.startswith("pytcpecho"), line
+
+
+@pytest.mark.parametrize("args", [
+    ("client", "h", "--size", "0"),
+    ("client", "h:0"),
+    ("ping", "h", "--count", "x"),
+    ("serve", "--idle-timeout", "nan"),
+])
+def test_bad_input_from_a_real_process(args: tuple[str, ...]) -> None:
+    assert_one_line_error(cli(*args), 2)
+
+
+def test_serve_on_a_port_in_use() -> None:
+    holder, port = closed_port()
+    with holder:
+        holder.listen(1)
+        line = assert_one_line_error(cli("serve", "--host", LOCALHOST, "--port", str(port)), 2)
+    assert line.startswith(f"pytcpecho serve: error: cannot listen on 127.0.0.1:{port}: "), line
+
+
+@pytest.mark.parametrize("args", [
+    ("--host", "no-such-host.invalid"),
+    ("--allow", "not-a-network"),
+    ("--deny", "10.0.0.0/33"),
+])
+def test_serve_bad_address_or_network(args: tuple[str, ...]) -> None:
+    assert_one_line_error(cli("serve", "--port", "0", *args), 2)
+
+
+# -- the Cython core when it is missing ---------------------------------------------------
+
+WITHOUT_CYTHON = (
+    "import sys; sys.modules['pytcpecho._core'] = None; "  # as if the extension was not built
+    "from pytcpecho import core; from pytcpecho.cli import main; "
+    "assert not core.cython_available() and core.default.NAME == 'python'; "
+    "sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("args", [
+    ("client", "127.0.0.1:1", "--core", "cython"),
+    ("ping", "127.0.0.1:1", "--core", "cython"),
+    ("serve", "--port", "0", "--core", "cython"),
+    ("demo", "--core", "cython"),
+])
+def test_core_cython_when_not_built_is_a_usage_error(args: tuple[str, ...]) -> None:
+    result = subprocess.run([sys.executable, "-c", WITHOUT_CYTHON, *args], capture_output=True,
+                            text=True, timeout=60)
+    line = assert_one_line_error(result, 2)
+    assert "Cython core is not built" in line
+
+
+def test_without_cython_auto_falls_back_to_python() -> None:
+    result = subprocess.run([sys.executable, "-c", WITHOUT_CYTHON, "--version"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.strip().endswith("(core: python)")
+
+
+def test_cores_load_semantics() -> None:
+    assert cores.load("python").NAME == "python"
+    assert cores.load("auto") is cores.default
+    with pytest.raises(ValueError, match="unknown core"):
+        cores.load("rust")
+    if cores.cython_available():
+        assert cores.load("cython").NAME == "cython"
+    else:
+        with pytest.raises(RuntimeError, match="not built"):
+            cores.load("cython")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", "python"), ("yes", "python"),
+                                                 ("0", None), ("", None)])
+def test_pure_python_switch(value: str, expected: str | None) -> None:
+    result = cli("--version", env={"PYTCPECHO_PURE_PYTHON": value})
+    want = expected or ("cython" if cores.cython_available() else "python")
+    assert result.stdout.strip().endswith(f"(core: {want})")
+
+
+def test_pure_python_switch_runs_a_client() -> None:
+    with running_server(mode="message") as server:
+        result = cli("client", f"127.0.0.1:{server.address[1]}",
+                     env={"PYTCPECHO_PURE_PYTHON": "1"})
+    assert result.returncode == 0, result
+
+
+# -- client, ping, demo ------------------------------------------------------------------
+
+def test_client_lines_in_the_seeds_words(core: str, mode: str) -> None:
+    with running_server(mode=mode) as server:
+        port = server.address[1]
+        result = cli("client", f"127.0.0.1:{port}", "--core", core)
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Connecting to 127.0.0.1:{port}"
+    assert lines[1] == "Sent 102400 bytes"
+    assert lines[2] == "Received 102400 bytes"
+    assert re.fullmatch(r"Echo intact in \d+\.\d{3} ms, \d+\.\d MiB/s", lines[3]), lines[3]
+    assert lines[4] == "Client finished."
+    assert len(lines) == 5
+    assert result.stderr == ""
+
+
+def test_client_count_prints_round_trips() -> None:
+    with running_server(mode="message", size=4096) as server:
+        result = cli("client", f"127.0.0.1:{server.address[1]}", "--size", "4KiB",
+                     "--count", "50", "--seed", "3")
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[1:3] == ["Sent 204800 bytes", "Received 204800 bytes"]
+    assert re.fullmatch(r"Round trips min/avg/p99/max = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms, "
+                        r"[\d.]+ MiB/s", lines[3]), lines[3]
+    assert lines[4] == "Client finished."
+
+
+def test_ping(core: str) -> None:
+    with running_server() as server:
+        port = server.address[1]
+        result = cli("ping", f"127.0.0.1:{port}", "-c", "3", "--core", core)
+        assert server.wait(lambda s: s.total == 3, 10)
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert re.fullmatch(rf"64 bytes from 127\.0\.0\.1:{port}: intact, time=\d+\.\d{{3}} ms",
+                            line), line
+
+
+def test_ping_closed_port() -> None:
+    holder, port = closed_port()
+    with holder:
+        result = cli("ping", f"127.0.0.1:{port}")
+    assert_one_line_error(result, 3)
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("core", "mode"), [("auto", "message"), ("python", "stream")])
+def test_demo(core: str, mode: str) -> None:
+    result = cli("demo", "--core", core, "--mode", mode)
+    assert result.returncode == 0, result
+    out = result.stdout
+    assert out.count("Client finished.") == 3
+    assert re.search(r"^server +\| Server at .+:\d+$", out, re.M)
+    for name, n in (("client1", 2), ("client2", 1)):
+        assert len(re.findall(rf"^{name} +\| Connecting to localhost:\d+$", out, re.M)) == n
+        assert len(re.findall(rf"^{name} +\| Sent 102400 bytes$", out, re.M)) == n
+        assert len(re.findall(rf"^{name} +\| Received 102400 bytes$", out, re.M)) == n
+    assert len(re.findall(r"^server +\| Connected by client at \('[\d.:]+', \d+\)$",
+                          out, re.M)) == 3
+    assert len(re.findall(r"^server +\| Connection closed by client at ", out, re.M)) == 3
+    if mode == "message":
+        assert out.count("server   | Received 102400 bytes") == 3
+        assert out.count("server   | Data sent back to client") == 3
+    assert re.search(r"^Demo passed: 3 clients, 307200 bytes echoed, core \w+$", out, re.M)
+
+
+def test_serve_quiet_has_no_connection_lines() -> None:
+    with ServeProcess("--host", LOCALHOST, "--port", "0", "--mode", "message", "-q") as serve:
+        port = serve.wait_listening()
+        assert cli("client", f"127.0.0.1:{port}").returncode == 0
+        assert cli("ping", f"127.0.0.1:{port}").returncode == 0
+        assert serve.stop() == 0
+        out = serve.output()
+    assert "Served 2 connections" in out
+    assert "Connected by" not in out and "Received" not in out and "closed by" not in out
