@@ -179,6 +179,7 @@ class EchoServer:
                                 max_threads=max_clients)
         self._stop_request = False
         self._closing = False
+        self._cut: set[socket.socket] = set()  # connections close() shut down
         self._closed = False
         self._serve_done = threading.Event()
         self._serve_done.set()
@@ -263,6 +264,7 @@ class EchoServer:
         self._serve_done.wait()
         self._listener.close()
         with self._lock:
+            self._cut.update(self._conns)
             for conn in self._conns:
                 # Wakes the core's blocked recv()/send(); the owner thread closes the fd.
                 with contextlib.suppress(OSError):
@@ -397,9 +399,9 @@ class EchoServer:
                 self._conns[conn] = session
             conn_log.info("Connected by client at %r", peer)
             ended = session.run()
-            self._log_end(peer, session, ended)
+            self._log_end(peer, session, ended, conn in self._cut)
         except OSError as exc:
-            self._log_failure(peer, session, exc)
+            self._log_failure(peer, session, exc, conn in self._cut)
         except MemoryError:  # e.g. a message size larger than this machine can hold
             self._count_error()
             conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
@@ -411,6 +413,7 @@ class EchoServer:
             conn.close()
             with self._changed:
                 del self._conns[conn]
+                self._cut.discard(conn)
                 if session is not None:
                     self._done_in += session.bytes_in
                     self._done_out += session.bytes_out
@@ -419,8 +422,8 @@ class EchoServer:
             if was_full:
                 self._wake()  # serve_forever may accept again
 
-    def _log_failure(self, peer: Peer, session: Any, exc: OSError) -> None:
-        if self._closing:  # close() cut it short: not the client's doing
+    def _log_failure(self, peer: Peer, session: Any, exc: OSError, cut: bool) -> None:
+        if cut:  # close() cut it short: not the client's doing
             conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
         elif isinstance(exc, TimeoutError):
@@ -434,13 +437,13 @@ class EchoServer:
             self._count_error()
             conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
 
-    def _log_end(self, peer: Peer, session: Any, ended: str) -> None:
+    def _log_end(self, peer: Peer, session: Any, ended: str, cut: bool) -> None:
         if ended == "limit":
             with self._lock:
                 self._over_limit += 1
             conn_log.warning("Closed connection from %r: it sent more than %d bytes",
                              peer, self.max_bytes)
-        elif self._closing:
+        elif cut:
             conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
         else:

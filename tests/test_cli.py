@@ -19,7 +19,7 @@ from pytcpecho import __version__
 from pytcpecho import core as cores
 from pytcpecho.cli import COMMANDS, main
 
-SUBCOMMANDS = ("serve", "client", "ping", "demo")
+SUBCOMMANDS = ("serve", "client", "ping", "demo", "bench")
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:

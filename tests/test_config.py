@@ -15,7 +15,7 @@ from pytcpecho.cli import build_parser
 pytestmark = pytest.mark.timeout(60)
 
 SETTINGS = (r"^.* (\w+) mode, (\d+)-byte messages, core (\w+), at most (\d+) clients, "
-            r"idle timeout (.*)$")
+            r"idle timeout ([^,]*)")
 
 
 def test_environment_sets_serve_options() -> None:

@@ -430,18 +430,7 @@ def test_ctrl_c_while_waiting_for_the_echo(client_core: str) -> None:
 HUGE = 1 << 50  # 1 PiB: beyond a 47-bit user address space, so no allocator can grant it
 
 
-def test_message_size_beyond_memory_is_one_warning_per_client(
-        core: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Each client is turned away with one plain line; the server keeps serving."""
-    caplog.set_level(logging.INFO, logger="pytcpecho")
-    with running_server(mode="message", size=HUGE, core=core) as server:
-        for _ in range(2):
-            result = EchoClient(LOCALHOST, server.address[1], size=64, core=core).run()
-            assert not result.intact
-        assert server.wait(lambda s: s.active == 0 and s.errors == 2, 10), server.stats
-    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(failures) == 2, [r.getMessage() for r in failures]
-    for record in failures:
-        assert record.exc_info is None, "a traceback in the server's log"
-        assert "out of memory" in record.getMessage()
-        assert "1024 TiB" in record.getMessage()
+def test_message_size_beyond_the_cap_is_refused_at_once(core: str) -> None:
+    """A message buffer no machine could hold per client is a clear error before serving."""
+    with pytest.raises(ValueError, match=r"above the limit of 67108864 bytes \(64 MiB\)"):
+        EchoServer((LOCALHOST, 0), mode="message", size=HUGE, core=core)
