@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -160,6 +161,12 @@ class EchoServer:
         self.deny = _networks(deny)
 
         self._listener = _bind(address[0], address[1], backlog, reuse_port)
+        # Linux hands an accepted socket the listener's SO_RCVTIMEO, SO_SNDTIMEO
+        # and TCP_NODELAY (and a blocking fd): set them once, not per client.
+        self._inherits_options = sys.platform.startswith("linux")
+        if self._inherits_options:
+            set_io_timeout(self._listener, idle_timeout)
+            set_nodelay(self._listener)
         self._listener.setblocking(False)
         self._dualstack = (self._listener.family == socket.AF_INET6
                            and not self._listener.getsockopt(socket.IPPROTO_IPV6,
@@ -366,12 +373,13 @@ class EchoServer:
             with self._lock:
                 self._refused += 1
             return
-        try:
-            set_io_timeout(conn, self.idle_timeout)
-            set_nodelay(conn)
-        except OSError:  # the client is already gone
-            conn.close()
-            return
+        if not self._inherits_options:
+            try:
+                set_io_timeout(conn, self.idle_timeout)
+                set_nodelay(conn)
+            except OSError:  # the client is already gone
+                conn.close()
+                return
         with self._changed:
             self._conns[conn] = None
             self._total += 1
