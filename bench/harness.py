@@ -65,6 +65,12 @@ class Server:
     argv: Callable[[], list[str]]
     native: bool = False  # C: GIL pressure comes from a separate process
     seed_only: bool = False  # reads 100 KiB, echoes, closes: the seed's pattern only
+    only: tuple[str, ...] = ()  # run in these workloads only (all when empty)
+
+    def runs(self, workload: str) -> bool:
+        if self.seed_only:
+            return workload == "seed-pattern"
+        return not self.only or workload in self.only
 
 
 def _py(script: str, *args: str) -> Callable[[], list[str]]:
@@ -77,6 +83,9 @@ SERVER_LIST = (
     Server("pytcpecho-cython", _py("pytcpecho_server.py", "cython")),
     Server("pytcpecho-splice", _py("pytcpecho_server.py", "splice")),
     Server("pytcpecho-python", _py("pytcpecho_server.py", "python")),
+    # serve --workers 2: two processes on one port (SO_REUSEPORT), where it should help
+    Server("pytcpecho-workers2", _py("pytcpecho_server.py", "cython", "--workers", "2"),
+           only=("seed-pattern", "1KiB-x10")),
     Server("threading", _py("threading_server.py")),
     Server("asyncio", _py("asyncio_server.py")),
     Server("uvloop", _py("asyncio_server.py", "--uvloop")),
@@ -85,6 +94,13 @@ SERVER_LIST = (
 SERVER_BY_NAME = {s.name: s for s in SERVER_LIST}
 
 BURN_CODE = "import time\nend = time.monotonic() + {0}\nwhile time.monotonic() < end: pass\n"
+
+
+def _parent(proc_dir: Path) -> int:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 class ServerProcess:
@@ -129,9 +145,18 @@ class ServerProcess:
         return kib / 1024
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the server process has used so far (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU the server has used so far (all its threads, and the
+        worker processes of serve --workers)."""
+        pids = [self.pid] + [int(p.name) for p in Path("/proc").iterdir()
+                             if p.name.isdigit() and _parent(p) == self.pid]
+        total = 0.0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))

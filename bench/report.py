@@ -19,7 +19,8 @@ from typing import Any
 Entries = dict[str, dict[str, dict[str, Any]]]  # workload -> server -> extra_info
 
 SERVER_ORDER = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-splice",
-                "pytcpecho-python", "threading", "asyncio", "uvloop", "seed")
+                "pytcpecho-python", "pytcpecho-workers2", "threading", "asyncio", "uvloop",
+                "seed")
 
 
 def load(path: Path) -> Entries:

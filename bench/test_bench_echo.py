@@ -27,7 +27,8 @@ WORKLOADS: dict[str, list[str]] = {
     "gil-100KiB-x10": ["--size", "102400", "-c", "10", "-t", S],
     "gil-1KiB-x10": ["--size", "1024", "-c", "10", "-t", S],
 }
-OWN = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-splice", "pytcpecho-python")
+OWN = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-splice", "pytcpecho-python",
+       "pytcpecho-workers2")
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +66,7 @@ def _check(server: str, doc: dict[str, Any]) -> None:
 
 def _entries() -> list[tuple[str, str]]:
     """Every server in every workload; the seed's server in its own pattern only."""
-    return [(w, s.name) for w in WORKLOADS for s in SERVER_LIST
-            if not s.seed_only or w == "seed-pattern"]
+    return [(w, s.name) for w in WORKLOADS for s in SERVER_LIST if s.runs(w)]
 
 
 @pytest.mark.timeout(300)
@@ -89,7 +89,8 @@ def test_echo(benchmark: Any, c_built: bool, workload: str, server_name: str) ->
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("count", harness.IDLE_COUNTS)
-@pytest.mark.parametrize("server_name", [s.name for s in SERVER_LIST if not s.seed_only])
+@pytest.mark.parametrize("server_name", [s.name for s in SERVER_LIST
+                                         if not s.seed_only and not s.only])
 def test_idle_memory(benchmark: Any, c_built: bool, server_name: str, count: int) -> None:
     server = _server(server_name, c_built)
     benchmark.group = f"idle-{count}"
