@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import re
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fakes import Handler, fake_server, flipping_echo
 from support import LOCALHOST, assert_one_line_error, cli, recv_exactly, running_server
 
 MIB = 1024 * 1024
@@ -101,75 +99,22 @@ def test_text_output_has_intervals_and_summary() -> None:
     assert "0 errors, 0 integrity failures" in lines[-1]
 
 
-@contextlib.contextmanager
-def byte_flipping_server(flip_at: int) -> Iterator[int]:
-    """An echo server that corrupts byte ``flip_at`` of each connection's stream."""
-    listener = socket.create_server((LOCALHOST, 0))
-    listener.settimeout(10)
-    stop = threading.Event()
-
-    def serve_one(conn: socket.socket) -> None:
-        seen = 0
-        with conn:
-            while data := conn.recv(65536):
-                buf = bytearray(data)
-                if seen <= flip_at < seen + len(buf):
-                    buf[flip_at - seen] ^= 0xFF
-                seen += len(buf)
-                conn.sendall(buf)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
+def stalling_echo(stall_after: int, stall: float) -> Handler:
+    """Echo 64-byte messages, but stop for ``stall`` s once, after some."""
+    def handle(conn: socket.socket) -> None:
+        for i in itertools.count():
+            data = recv_exactly(conn, 64)
+            if len(data) < 64:
                 return
-            conn.settimeout(10)
-            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        listener.close()
-        thread.join(10)
-
-
-@contextlib.contextmanager
-def stalling_server(stall_after: int, stall: float) -> Iterator[int]:
-    """An echo server for 64-byte messages that stops for ``stall`` s once, after some."""
-    listener = socket.create_server((LOCALHOST, 0))
-    listener.settimeout(10)
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(10)
-            for i in itertools.count():
-                data = recv_exactly(conn, 64)
-                if len(data) < 64:
-                    return
-                if i == stall_after:
-                    time.sleep(stall)  # the stall under test, not a wait for anything
-                conn.sendall(data)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        thread.join(10)
+            if i == stall_after:
+                time.sleep(stall)  # the stall under test, not a wait for anything
+            conn.sendall(data)
+    return handle
 
 
 def test_open_loop_shows_a_stall_in_the_percentiles() -> None:
     """Messages due while the server stalls count their wait (coordinated omission)."""
-    with stalling_server(stall_after=10, stall=0.4) as port:
+    with fake_server(stalling_echo(stall_after=10, stall=0.4)) as port:
         status, doc = bench_json(port, "--size", "64", "-c", "1", "-n", "100", "--rate", "200")
     assert status == 0, doc
     lat = doc["latency_ms"]
@@ -179,7 +124,7 @@ def test_open_loop_shows_a_stall_in_the_percentiles() -> None:
 
 
 def test_integrity_failure_exits_1(core: str) -> None:
-    with byte_flipping_server(flip_at=5000) as port:
+    with fake_server(flipping_echo(5000)) as port:
         status, doc = bench_json(port, "--size", "1KiB", "-c", "1", "-n", "20", "--core", core)
     assert status == 1
     assert doc["integrity_failures"] == 1
