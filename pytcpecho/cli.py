@@ -95,10 +95,6 @@ PORT = _arg(lambda t: parse_port(t, allow_zero=True), "port")
 TARGET = _arg(parse_hostport, "address")
 
 
-def _setup_logging(verbose: int, quiet: bool, fmt: str = "text") -> None:
-    logs.setup(verbose, quiet, fmt)
-
-
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -169,7 +165,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         return _serve(args)
     from . import supervisor
 
-    _setup_logging(args.verbose, args.quiet, args.log_format)
+    logs.setup(args.verbose, args.quiet, args.log_format)
     try:
         cores.load(args.core)
         return supervisor.run(args)
@@ -201,7 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    _setup_logging(args.verbose, args.quiet, args.log_format)
+    logs.setup(args.verbose, args.quiet, args.log_format)
     _raise_nofile_limit()
     threading.stack_size(SERVE_THREAD_STACK)
     try:
