@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from pytcpecho import EchoServer
+from pytcpecho import core as cores
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LOCALHOST = "127.0.0.1"
@@ -35,6 +38,21 @@ def running_server(host: str = LOCALHOST, port: int = 0, **options: Any) -> Iter
         server.close()
         thread.join(10)
         assert not thread.is_alive(), "serve_forever did not return after close()"
+
+
+def require(missing: str | None, in_ci: str | None = None) -> None:
+    """Skip a test that cannot run here (``missing`` says why); with CI=true fail
+    instead, with ``in_ci`` as the reason: in CI nothing that matters may be skipped."""
+    if missing:
+        if CI:
+            pytest.fail(in_ci or f"CI must run this: {missing}")
+        pytest.skip(missing)
+
+
+def require_cython() -> None:
+    """The Cython core must be built for this test; CI always has it."""
+    require(None if cores.cython_available() else "the Cython core is not built here",
+            "the Cython core did not build, and CI must test it")
 
 
 def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,

@@ -27,17 +27,15 @@ from abusers import (
     silent_clients,
 )
 from support import (
-    CI,
     ProcUsage,
     ServeProcess,
     proc_usage,
     raise_fd_limit,
+    require_cython,
     serve_cmd,
     settle,
     wait_usage,
 )
-
-from pytcpecho import core as cores
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -100,10 +98,8 @@ class Target:
 
 
 def need_core(core: str) -> None:
-    if core == "cython" and not cores.cython_available():
-        if CI:
-            pytest.fail("the Cython core did not build, and CI must test it")
-        pytest.skip("the Cython core is not built here")
+    if core == "cython":
+        require_cython()
 
 
 @contextlib.contextmanager

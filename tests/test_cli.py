@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from fakes import closed_port
-from support import CI, LOCALHOST, ServeProcess, assert_one_line_error, cli, running_server
+from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
 from pytcpecho import __version__
 from pytcpecho import core as cores
@@ -68,9 +68,8 @@ def test_python_m_pytcpecho() -> None:
 def test_console_script() -> None:
     exe = shutil.which("pytcpecho")
     if exe is None:
-        if CI:
-            pytest.fail("the pytcpecho console script is not installed")
-        pytest.skip("the package is not installed here (no pytcpecho on PATH)")
+        require("the package is not installed here (no pytcpecho on PATH)",
+                "the pytcpecho console script is not installed")
     result = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.startswith("pytcpecho ")

@@ -28,7 +28,7 @@ from recipes import (
     local_env,
     tool,
 )
-from support import CI
+from support import CI, require
 
 from pytcpecho import __version__
 
@@ -39,9 +39,8 @@ SEED_CLIENT = ["Connecting to server:8000", "Sent 102400 bytes", "Received 10240
 def need_tool(name: str) -> str:
     path = tool(name)
     if path is None:
-        if CI:
-            pytest.fail(f"{name} is missing: it is in the test extra")
-        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+        require(f"{name} is not installed (pip install -e '.[test]')",
+                f"{name} is missing: it is in the test extra")
     return path
 
 

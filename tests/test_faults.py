@@ -23,13 +23,13 @@ from fakes import (
     silent,
 )
 from support import (
-    CI,
     LOCALHOST,
     ServeProcess,
     assert_one_line_error,
     cli,
     connect,
     recv_exactly,
+    require,
     running_server,
 )
 
@@ -229,9 +229,8 @@ def _ipv6_loopback() -> bool:
 @pytest.fixture
 def ipv6() -> None:
     if not _ipv6_loopback():
-        if CI:
-            pytest.fail("this host has no IPv6 loopback (::1), and CI must test IPv6")
-        pytest.skip("this host has no IPv6 loopback (::1)")
+        require("this host has no IPv6 loopback (::1)",
+                "this host has no IPv6 loopback (::1), and CI must test IPv6")
 
 
 @pytest.mark.usefixtures("ipv6")

@@ -27,10 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import CI, LOCALHOST, connect, recv_exactly
+from support import LOCALHOST, connect, recv_exactly, require_cython
 
 from pytcpecho import EchoClient
-from pytcpecho import core as cores
 
 SERVER_SCRIPT = """
 import logging, os, sys, threading
@@ -106,10 +105,7 @@ def _round_trips_in_window(port: int) -> int:
 
 @pytest.mark.timeout(120)
 def test_cython_core_serves_while_python_spins(tmp_path: Path) -> None:
-    if not cores.cython_available():
-        if CI:
-            pytest.fail("the Cython core did not build, and CI must test it")
-        pytest.skip("the Cython core is not built here")
+    require_cython()
     with busy_server("cython", tmp_path) as port, connect(port, timeout=60) as idle:
         # A first connection, now idle: its session waits in recv().  Were the GIL held
         # there, no other thread of the server (accepting, serving) could ever run again.

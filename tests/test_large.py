@@ -8,10 +8,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support import CI, LOCALHOST, connect, recv_exactly, running_server
+from support import LOCALHOST, connect, recv_exactly, require_cython, running_server
 
 from pytcpecho import EchoClient, EchoResult, EchoServer
-from pytcpecho import core as cores
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -31,10 +30,8 @@ STREAM_CASES = [
 @pytest.mark.parametrize(("server_core", "client_core", "size"), STREAM_CASES)
 def test_large_stream_through_one_connection(server_core: str, client_core: str,
                                              size: int) -> None:
-    if "cython" in (server_core, client_core) and not cores.cython_available():
-        if CI:
-            pytest.fail("the Cython core did not build, and CI must test it")
-        pytest.skip("the Cython core is not built here")
+    if "cython" in (server_core, client_core):
+        require_cython()
     with running_server(mode="stream", core=server_core) as server:
         result = EchoClient(LOCALHOST, server.address[1], size=size, count=1, mode="stream",
                             core=client_core, timeout=60, seed=2024).run()

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 from support import (
-    CI,
     ServeProcess,
     assert_one_line_error,
     cli,
     connect,
     proc_usage,
     recv_exactly,
+    require,
     running_server,
     wait_usage,
 )
@@ -124,9 +124,8 @@ def test_help_documents_every_default() -> None:
 def test_out_of_fds_pauses_accepting_and_keeps_serving() -> None:
     """EMFILE: the server logs, pauses, and serves again once fds are free."""
     if shutil.which("prlimit") is None:
-        if CI:
-            pytest.fail("prlimit (util-linux) is needed to test EMFILE")
-        pytest.skip("prlimit (util-linux) is not installed")
+        require("prlimit (util-linux) is not installed",
+                "prlimit (util-linux) is needed to test EMFILE")
     limit = 32
     cmd = ["prlimit", f"--nofile={limit}:{limit}", sys.executable, "-m", "pytcpecho", "serve",
            "--port", "0", "--worker-idle", "0.5", "-q"]

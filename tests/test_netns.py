@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from netns import HOSTS, SERVER, Lab, why_not
-from support import CI, ServeProcess, proc_usage, wait_usage
+from support import ServeProcess, proc_usage, require, wait_usage
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -23,13 +23,14 @@ C1, C2 = "z34_client1", "z34_client2"
 TARGET = f"{SERVER}:8000"
 
 
+def require_lab() -> None:
+    reason = why_not()
+    require(reason, f"CI must run the network-namespace tests: {reason}")
+
+
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    reason = why_not()
-    if reason:
-        if CI:
-            pytest.fail(f"CI must run the network-namespace tests: {reason}")
-        pytest.skip(reason)
+    require_lab()
     lab = Lab()
     try:
         yield lab.build()
@@ -155,11 +156,7 @@ def test_small_mtu_576(lab: Lab) -> None:
 
 def test_lab_is_removed_afterwards() -> None:
     """Whatever ran before, no namespace or hosts dir of this run is left."""
-    reason = why_not()
-    if reason:
-        if CI:
-            pytest.fail(f"CI must run the network-namespace tests: {reason}")
-        pytest.skip(reason)
+    require_lab()
     lab = Lab()
     names = [lab.bridge_ns, *lab.ns.values()]
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

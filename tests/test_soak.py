@@ -21,10 +21,17 @@ from dataclasses import dataclass, field
 
 import pytest
 from abusers import LOCALHOST, echo_clients
-from support import CI, ProcUsage, ServeProcess, proc_usage, raise_fd_limit, serve_cmd, settle
+from support import (
+    ProcUsage,
+    ServeProcess,
+    proc_usage,
+    raise_fd_limit,
+    require_cython,
+    serve_cmd,
+    settle,
+)
 
 from pytcpecho import EchoClient
-from pytcpecho import core as cores
 
 SOAK_SECONDS = float(os.environ.get("PYTCPECHO_SOAK_SECONDS", "120"))
 CLIENT_THREADS = 8
@@ -67,10 +74,7 @@ class Tally:
 
 @pytest.fixture
 def servers() -> Iterator[list[Served]]:
-    if not cores.cython_available():
-        if CI:
-            pytest.fail("the Cython core did not build, and CI must test it")
-        pytest.skip("the Cython core is not built here")
+    require_cython()
     raise_fd_limit()
     started: list[Served] = []
     try:

@@ -12,7 +12,15 @@ import sys
 import threading
 
 import pytest
-from support import CI, LOCALHOST, assert_one_line_error, cli, connect, recv_exactly, running_server
+from support import (
+    LOCALHOST,
+    assert_one_line_error,
+    cli,
+    connect,
+    recv_exactly,
+    require,
+    running_server,
+)
 
 from pytcpecho import EchoClient, EchoServer
 from pytcpecho import core as cores
@@ -24,9 +32,8 @@ def stream_core(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     if name != "python" and not (cores.splice_available() if name == "splice"
                                  else cores.cython_available()):
-        if CI:
-            pytest.fail(f"the {name} core is not available, and CI must test it")
-        pytest.skip(f"the {name} core is not available here")
+        require(f"the {name} core is not available here",
+                f"the {name} core is not available, and CI must test it")
     return name
 
 
