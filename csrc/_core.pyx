@@ -361,7 +361,7 @@ cdef class ClientSession:
 
     cdef int _lockstep(self, long long count, long long interval_ns, long long deadline,
                        bint finish) except -1 nogil:
-        cdef long long i = 0, start = now_ns(), due, t, lat
+        cdef long long i = 0, start = now_ns(), due, t
         cdef timespec ts
         cdef int rc
         cdef bint last
@@ -381,13 +381,7 @@ cdef class ClientSession:
             rc = self._transfer(self.size, last)
             if rc != 0:
                 return rc
-            lat = now_ns() - due
-            self.hist[bucket_of(lat)] += 1
-            self.latency_sum_ns += lat
-            if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-                self.latency_min_ns = lat
-            if lat > self.latency_max_ns:
-                self.latency_max_ns = lat
+            self._record(now_ns() - due)
             self.messages += 1
             i += 1
         if finish and not self.shut:
@@ -395,15 +389,20 @@ cdef class ClientSession:
             self.shut = 1
         return 0
 
-    cdef int _stream(self, long long count, long long deadline, bint finish) except -1 nogil:
-        cdef long long t0 = now_ns(), lat
-        cdef long long length = self.size * count if count > 0 else (1LL << 62)
-        cdef int rc = self._transfer(length, finish, deadline)
-        lat = now_ns() - t0
+    cdef void _record(self, long long lat) noexcept nogil:
+        """Count one round trip (ns) into the histogram and the exact min/max/sum."""
         self.hist[bucket_of(lat)] += 1
         self.latency_sum_ns += lat
-        self.latency_min_ns = lat
-        self.latency_max_ns = lat
+        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+            self.latency_min_ns = lat
+        if lat > self.latency_max_ns:
+            self.latency_max_ns = lat
+
+    cdef int _stream(self, long long count, long long deadline, bint finish) except -1 nogil:
+        cdef long long t0 = now_ns()
+        cdef long long length = self.size * count if count > 0 else (1LL << 62)
+        cdef int rc = self._transfer(length, finish, deadline)
+        self._record(now_ns() - t0)
         self.messages = self.bytes_received // self.size
         return rc
 

@@ -165,7 +165,7 @@ cdef class ConnectEachSession(ClientSession):
         return rc == 0
 
     cdef int _each(self, long long count, long long interval_ns, long long deadline) except -1 nogil:
-        cdef long long i = 0, start = now_ns(), due, t, lat
+        cdef long long i = 0, start = now_ns(), due, t
         cdef timespec ts
         cdef int rc, fd
         while (count <= 0 or i < count) and not self.stop_flag:
@@ -194,13 +194,7 @@ cdef class ConnectEachSession(ClientSession):
                 self.fd = -1
             if rc != 0:
                 return rc
-            lat = now_ns() - due
-            self.hist[bucket_of(lat)] += 1
-            self.latency_sum_ns += lat
-            if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-                self.latency_min_ns = lat
-            if lat > self.latency_max_ns:
-                self.latency_max_ns = lat
+            self._record(now_ns() - due)
             self.messages += 1
             i += 1
         return 0

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from .histogram import NBUCKETS, bucket_of
 from .pattern import Pattern
+from .sockets import set_io_timeout, set_nodelay
 
 NAME = "python"
 HISTOGRAM_BUCKETS = NBUCKETS
@@ -213,9 +214,7 @@ class ClientSession:
         t0 = time.monotonic_ns()
         length = self._size * count if count > 0 else 1 << 62
         ok = self._transfer(sock, length, finish, deadline)
-        lat = time.monotonic_ns() - t0
-        self._record(lat)
-        self.latency_min_ns = self.latency_max_ns = lat
+        self._record(time.monotonic_ns() - t0)
         self.messages = self.bytes_received // self._size
         return ok
 
@@ -287,4 +286,58 @@ class ClientSession:
         finally:
             poller.unregister(sock.fileno())
         self._offset = end
+        return True
+
+
+class ConnectEachSession(ClientSession):
+    """The seed's pattern: each message on a new connection (see the Cython core's).
+
+    Construct with fd=-1, name the server with target(), then run_each().
+    """
+
+    def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
+                 timeout: float | None = None) -> None:
+        super().__init__(fd, size, base, mode, timeout)
+        self._timeout = timeout
+        self._address: tuple[int, tuple[str, int]] | None = None
+        self.connections = 0
+
+    def target(self, packed: bytes, port: int) -> None:
+        """Server address: packed IPv4 (4 bytes) or IPv6 (16 bytes) and port."""
+        families = {4: socket.AF_INET, 16: socket.AF_INET6}
+        if len(packed) not in families:
+            raise ValueError("packed address must be 4 or 16 bytes")
+        family = families[len(packed)]
+        self._address = (family, (socket.inet_ntop(family, packed), port))
+
+    def run_each(self, count: int, interval: float = 0.0, duration: float = 0.0) -> bool:
+        """``count`` connections (0: until ``duration`` or stop()); True if all intact."""
+        if self._address is None:
+            raise ValueError("call target() first")
+        family, address = self._address
+        start = time.monotonic_ns()
+        deadline = start + int(duration * 1e9) if duration > 0 else 0
+        if count <= 0 and deadline == 0:
+            raise ValueError("give a count or a duration")
+        interval_ns = int(interval * 1e9)
+        i = 0
+        while (count <= 0 or i < count) and not self._stop:
+            now = time.monotonic_ns()
+            if deadline and now >= deadline:
+                break
+            due = max(now, start + i * interval_ns) if interval_ns > 0 else now
+            if due > now:
+                time.sleep((due - now) / 1e9)
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self._timeout)
+                sock.connect(address)
+                self.connections += 1
+                set_io_timeout(sock, self._timeout)
+                set_nodelay(sock)
+                self._offset, self._shut = 0, False
+                if not self._transfer(sock, self._size, True, 0):
+                    return False
+            self._record(time.monotonic_ns() - due)
+            self.messages += 1
+            i += 1
         return True

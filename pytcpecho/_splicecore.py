@@ -17,3 +17,4 @@ MODES = ("stream",)
 HISTOGRAM_BUCKETS: int = _cython.HISTOGRAM_BUCKETS
 EchoSession: Any = _cython.SpliceSession
 ClientSession: Any = _cython.ClientSession
+ConnectEachSession: Any = _cython.ConnectEachSession

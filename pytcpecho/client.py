@@ -6,6 +6,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import core as cores
 from .histogram import LatencyStats, summarize
@@ -16,6 +17,22 @@ from .units import DEFAULT_PORT, format_hostport, peer_name
 
 DEFAULT_TIMEOUT = 10.0
 MIB = 1024 * 1024
+
+
+def describe_error(exc: OSError, timeout: float | None) -> str:
+    """One line for an error that ended a session's exchange."""
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout:g} s waiting for the echo"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the server"
+    return f"connection failed: {exc.strerror or exc}"
+
+
+def describe_failure(session: Any) -> str:
+    """One line for a session whose run() found the echo not intact."""
+    if session.mismatch_offset >= 0:
+        return f"echo differs from what was sent at byte {session.mismatch_offset}"
+    return "short echo: the server closed the connection early"
 
 
 class EchoError(Exception):
@@ -121,22 +138,13 @@ class EchoClient:
             started = time.perf_counter()
             try:
                 intact = session.run(self.count)
-            except TimeoutError:
-                intact = False
-                problem = f"timed out after {self.timeout:g} s waiting for the echo"
-            except ConnectionResetError:
-                intact = False
-                problem = "connection reset by the server"
             except OSError as exc:
                 intact = False
-                problem = f"connection failed: {exc.strerror or exc}"
+                problem = describe_error(exc, self.timeout)
             elapsed = time.perf_counter() - started
         received = session.bytes_received
         if problem is None and not intact:
-            if session.mismatch_offset >= 0:
-                problem = f"echo differs from what was sent at byte {session.mismatch_offset}"
-            else:
-                problem = "short echo: the server closed the connection early"
+            problem = describe_failure(session)
         if problem is not None:
             problem += f" ({received} of {self.size * self.count} bytes came back intact)"
         latency = summarize(session.histogram(), max(session.latency_min_ns, 0),

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import core as cores
-from .histogram import NBUCKETS, LatencyStats, bucket_of, summarize
+from .client import describe_error, describe_failure
+from .histogram import NBUCKETS, LatencyStats, summarize
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
 from .units import format_hostport, format_size
@@ -156,64 +157,6 @@ class _Sample:
         self.hist = [sum(col) for col in zip(*hists, strict=True)] if hists else [0] * NBUCKETS
 
 
-class _PythonConnectEach:
-    """Connect-per-message for cores without a C loop for it (the pure-Python core)."""
-
-    def __init__(self, core: Any, sockaddr: Any, family: int, size: int, base: bytes,
-                 timeout: float) -> None:
-        self._core, self._sockaddr, self._family = core, sockaddr, family
-        self._size, self._base, self._timeout = size, base, timeout
-        self._stop = False
-        self.messages = self.bytes_sent = self.bytes_received = self.connections = 0
-        self.mismatch_offset = -1
-        self.short_echo = False
-        self.latency_min_ns = -1
-        self.latency_max_ns = self.latency_sum_ns = 0
-        self._hist = [0] * NBUCKETS
-
-    def stop(self) -> None:
-        self._stop = True
-
-    def histogram(self) -> list[int]:
-        return list(self._hist)
-
-    def run_each(self, count: int, interval: float = 0.0, duration: float = 0.0) -> bool:
-        start = time.monotonic()
-        deadline = start + duration if duration > 0 else 0.0
-        i = 0
-        while (count <= 0 or i < count) and not self._stop:
-            now = time.monotonic()
-            if deadline and now >= deadline:
-                break
-            due = max(now, start + i * interval) if interval > 0 else now
-            if due > now:
-                time.sleep(due - now)
-            with socket.socket(self._family, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self._timeout)
-                sock.connect(self._sockaddr)
-                self.connections += 1
-                set_io_timeout(sock, self._timeout)
-                set_nodelay(sock)
-                session = self._core.ClientSession(sock.fileno(), self._size, self._base,
-                                                   "message", self._timeout)
-                intact = session.run(1)
-            self.bytes_sent += session.bytes_sent
-            self.bytes_received += session.bytes_received
-            if not intact:
-                self.mismatch_offset = session.mismatch_offset
-                self.short_echo = session.short_echo
-                return False
-            lat = int((time.monotonic() - due) * 1e9)
-            self._hist[bucket_of(lat)] += 1
-            self.latency_sum_ns += lat
-            if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-                self.latency_min_ns = lat
-            self.latency_max_ns = max(self.latency_max_ns, lat)
-            self.messages += 1
-            i += 1
-        return True
-
-
 class LoadGenerator:
     """Runs one benchmark: ``run(on_interval)`` returns a BenchResult."""
 
@@ -253,13 +196,9 @@ class LoadGenerator:
 
     def _connect_each_session(self, family: int, sockaddr: Any) -> Any:
         c = self.config
-        if self.core.NAME in ("cython", "splice"):
-            from . import _core  # type: ignore[attr-defined]
-
-            session = _core.ConnectEachSession(-1, c.size, self.base, "message", c.timeout)
-            session.target(socket.inet_pton(family, sockaddr[0]), sockaddr[1])
-            return session
-        return _PythonConnectEach(self.core, sockaddr, family, c.size, self.base, c.timeout)
+        session = self.core.ConnectEachSession(-1, c.size, self.base, "message", c.timeout)
+        session.target(socket.inet_pton(family, sockaddr[0]), sockaddr[1])
+        return session
 
     def _counts(self) -> list[int]:
         """Messages per connection: 0 means run for the duration."""
@@ -286,26 +225,16 @@ class LoadGenerator:
         try:
             if sock is None:
                 intact = session.run_each(count, interval, duration)
-            elif c.mode == "message":
+            else:  # --rate needs message mode (check()): a stream's interval is 0
                 intact = session.run(count, interval, duration)
-            else:
-                intact = session.run(count, 0.0, duration)
-        except TimeoutError:
-            self._fail(f"timed out after {c.timeout:g} s waiting for the echo")
-            return
         except OSError as exc:
-            self._fail(f"connection failed: {exc.strerror or exc}")
+            self._fail(describe_error(exc, c.timeout))
             return
         finally:
             if sock is not None:
                 sock.close()
         if not intact:
-            if session.mismatch_offset >= 0:
-                self._fail(f"echo differs from what was sent at byte {session.mismatch_offset}",
-                           integrity=True)
-            else:
-                self._fail("short echo: the server closed the connection early",
-                           integrity=True)
+            self._fail(describe_failure(session), integrity=True)
 
     def run(self, on_interval: Callable[[Interval], None] | None = None) -> BenchResult:
         """Connect everything, run, sample every interval; NoConnection if none connected."""
