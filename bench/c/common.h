@@ -12,13 +12,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-__attribute__((unused)) static int listen_on(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+/* 127.0.0.1:port: the references serve and load loopback only. */
+static struct sockaddr_in loopback(int port) {
     struct sockaddr_in a;
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;
     a.sin_port = htons((unsigned short)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+__attribute__((unused)) static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = loopback(port);
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 4096) != 0) {
         perror("listen");
