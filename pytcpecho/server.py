@@ -72,16 +72,20 @@ def _networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
                  for c in cidrs)
 
 
-def _bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket.socket:
-    """Listen on host:port; all interfaces means IPv4 and IPv6 where the host has both."""
+def listen_address(host: str | None, port: int) -> tuple[int, tuple[Any, ...], bool]:
+    """(family, address, dual-stack) to listen on: all interfaces (no host, or "::")
+    means IPv4 and IPv6 where the host has both."""
     if host in (None, "", "::") and socket.has_dualstack_ipv6():
-        return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog,
-                                    reuse_port=reuse_port, dualstack_ipv6=True)
-    host = host or "0.0.0.0"
+        return socket.AF_INET6, ("::", port), True
     family, _, _, _, sockaddr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return socket.create_server(sockaddr, family=family, backlog=backlog,
-                                reuse_port=reuse_port)
+        host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    return family, sockaddr, False
+
+
+def _bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    family, address, dualstack = listen_address(host, port)
+    return socket.create_server(address, family=family, backlog=backlog,
+                                reuse_port=reuse_port, dualstack_ipv6=dualstack)
 
 
 class _Throttled:

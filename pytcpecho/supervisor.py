@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from . import logs
-from .server import ServerStats
+from .server import ServerStats, listen_address
 from .units import format_hostport
 
 log = logging.getLogger("pytcpecho.supervisor")
@@ -69,13 +69,7 @@ class Worker:
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """Bind (never listen) where the workers will listen: resolves port 0, holds the port."""
-    dualstack = host in ("", "::") and socket.has_dualstack_ipv6()
-    address: tuple[Any, ...]
-    if dualstack:
-        family, address = socket.AF_INET6, ("::", port)
-    else:
-        family, _, _, _, address = socket.getaddrinfo(
-            host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, address, dualstack = listen_address(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
