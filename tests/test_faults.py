@@ -157,6 +157,8 @@ def test_connect_and_close_without_a_byte(core: str, mode: str,
         assert server.wait(lambda s: s.total == 5 and s.active == 0, 10), server.stats
         assert server.stats.errors == 0
         _next_client_is_fine(server, core)
+        # The client is done when its echo is back; the server's thread sees its EOF later.
+        assert server.wait(lambda s: s.total == 6 and s.active == 0, 10), server.stats
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum(m.startswith("Connection closed by client") for m in _messages(caplog)) == 6
 
