@@ -28,6 +28,11 @@ def describe_error(exc: OSError, timeout: float | None) -> str:
     return f"connection failed: {exc.strerror or exc}"
 
 
+def size_mismatch_hint(size: int) -> str:
+    """Why a message-mode echo may never come: the server waits for a whole message."""
+    return f"if the server runs in message mode, check that its --size is {size} bytes too"
+
+
 def describe_failure(session: Any) -> str:
     """One line for a session whose run() found the echo not intact."""
     if session.mismatch_offset >= 0:
@@ -141,12 +146,17 @@ class EchoClient:
             except OSError as exc:
                 intact = False
                 problem = describe_error(exc, self.timeout)
+                timed_out = isinstance(exc, TimeoutError)
+            else:
+                timed_out = False
             elapsed = time.perf_counter() - started
         received = session.bytes_received
         if problem is None and not intact:
             problem = describe_failure(session)
         if problem is not None:
             problem += f" ({received} of {self.size * self.count} bytes came back intact)"
+        if timed_out and self.mode == "message":
+            problem = f"{problem}; {size_mismatch_hint(self.size)}"
         latency = summarize(session.histogram(), max(session.latency_min_ns, 0),
                             session.latency_max_ns, session.latency_sum_ns)
         return EchoResult(self.host, self.port, peer, self.mode, self.size, self.count,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import core as cores
-from .client import describe_error, describe_failure
+from .client import describe_error, describe_failure, size_mismatch_hint
 from .histogram import NBUCKETS, LatencyStats, summarize
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
@@ -228,7 +228,10 @@ class LoadGenerator:
             else:  # --rate needs message mode (check()): a stream's interval is 0
                 intact = session.run(count, interval, duration)
         except OSError as exc:
-            self._fail(describe_error(exc, c.timeout))
+            problem = describe_error(exc, c.timeout)
+            if isinstance(exc, TimeoutError) and c.mode == "message":
+                problem = f"{problem}; {size_mismatch_hint(c.size)}"
+            self._fail(problem)
             return
         finally:
             if sock is not None:

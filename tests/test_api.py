@@ -8,7 +8,7 @@ import socket
 import threading
 
 import pytest
-from fakes import fake_server, recording_echo, scripted_reply
+from fakes import fake_server, recording_echo, scripted_reply, silent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import LOCALHOST, cli, connect, running_server
@@ -242,7 +242,35 @@ def test_smaller_messages_than_the_server_expects_time_out_cleanly(core: str) ->
     assert not result.intact
     assert result.problem is not None
     assert result.problem.startswith("timed out after 0.3 s waiting for the echo")
+    assert result.problem.endswith("check that its --size is 1000 bytes too"), result.problem
     assert result.received == 0
+
+
+@pytest.mark.parametrize("command", [
+    ["client", "--size", "1000", "--count", "2"],
+    ["bench", "--size", "1000", "--count", "4", "--connections", "2"],
+])
+def test_size_mismatch_is_named_on_the_command_line(command: list[str]) -> None:
+    with running_server(mode="message", size=SEED_SIZE) as server:
+        result = cli(command[0], f"127.0.0.1:{server.address[1]}", *command[1:],
+                     "--timeout", "0.3")
+    assert result.returncode == 1, result
+    assert "if the server runs in message mode, check that its --size is 1000 bytes too" \
+        in result.stdout + result.stderr, result
+    assert "Traceback" not in result.stderr
+
+
+def test_stream_timeout_has_no_size_hint(core: str) -> None:
+    release = threading.Event()
+    with fake_server(silent(release)) as port:
+        try:
+            result = EchoClient(LOCALHOST, port, size=1000, mode="stream", core=core,
+                                timeout=0.3).run()
+        finally:
+            release.set()
+    assert result.problem is not None
+    assert result.problem.startswith("timed out after 0.3 s waiting for the echo")
+    assert "--size" not in result.problem
 
 
 @pytest.mark.parametrize("server_mode", ["message", "stream"])
