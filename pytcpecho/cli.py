@@ -227,13 +227,15 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("Shutting down: %d connection%s in flight, up to %g s to finish",
              active, "" if active == 1 else "s", args.grace)
     if not server.drain(args.grace):
-        log.warning("Grace period over: closing %d connection(s)", server.stats.active)
+        left = server.stats.active
+        log.warning("Grace period over: closing %d connection%s", left, "" if left == 1 else "s")
     server.close(timeout=CLOSE_TIMEOUT)
     serving.join()
     s = server.stats
-    log.info("Served %d connections, echoed %d bytes, %d errors "
+    log.info("Served %d connection%s, echoed %d bytes, %d error%s "
              "(%d idle timeouts, %d over --max-bytes, %d refused)",
-             s.total, s.bytes_out, s.errors, s.timed_out, s.over_limit, s.refused)
+             s.total, "" if s.total == 1 else "s", s.bytes_out,
+             s.errors, "" if s.errors == 1 else "s", s.timed_out, s.over_limit, s.refused)
     if args.report_stats:  # a worker of serve --workers: its supervisor sums these
         args.report_stats(s)
     return EXIT_OK

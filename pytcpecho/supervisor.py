@@ -255,8 +255,9 @@ class Supervisor:
             self._collect(worker)
             del self.workers[worker.index]
         t = self.totals
-        log.info("Served %d connections, echoed %d bytes, %d errors in %d workers%s",
-                 t["total"], t["bytes_out"], t["errors"], self.count,
+        log.info("Served %d connection%s, echoed %d bytes, %d error%s in %d workers%s",
+                 t["total"], "" if t["total"] == 1 else "s", t["bytes_out"],
+                 t["errors"], "" if t["errors"] == 1 else "s", self.count,
                  f" ({self.restarts} restarted, {self.lost} lost their counters)"
                  if self.restarts or self.lost else "")
         if self._fatal is not None:

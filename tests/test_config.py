@@ -105,7 +105,7 @@ def test_json_log_is_one_object_per_line() -> None:
     assert re.fullmatch(r"127\.0\.0\.1:\d+", connected["peer"])
     assert by_message["Received 2048 bytes"]["bytes"] == 2048
     summary = records[-1]
-    assert summary["message"].startswith("Served 1 connections")
+    assert summary["message"].startswith("Served 1 connection")
     assert (summary["connections"], summary["bytes"], summary["errors"]) == (1, 2048, 0)
 
 

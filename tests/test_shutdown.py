@@ -94,7 +94,7 @@ def test_sigterm_with_long_grace_completes_the_transfer() -> None:
     assert transfer.intact and transfer.session.bytes_received == TOTAL
     assert transfer.session.mismatch_offset == -1
     assert status == 0, output
-    assert f"Served 1 connections, echoed {TOTAL} bytes, 0 errors" in output
+    assert f"Served 1 connection, echoed {TOTAL} bytes, 0 errors" in output
     print(f"\nSIGTERM, --grace 30: {transfer.session.bytes_received} of {TOTAL} bytes "
           f"intact, exit {status}; {output.splitlines()[-1]}")
 
@@ -114,7 +114,7 @@ def test_short_grace_ends_the_transfer_and_exits_0_in_time(signum: int) -> None:
         output = server.output()
     assert status == 0, output
     assert took <= grace + 1, f"exited {took:.2f} s after the signal (grace {grace} s)"
-    assert "Grace period over: closing 1 connection(s)" in output
+    assert "Grace period over: closing 1 connection" in output
     session = transfer.session
     assert not transfer.intact and session.bytes_received < TOTAL
     assert session.mismatch_offset == -1, "what did come back must be intact"
@@ -168,6 +168,6 @@ def test_sigterm_works_when_the_server_is_pid_1() -> None:
         output = server.output()
     assert status == 0, output
     assert "Shutting down: 0 connections in flight" in output
-    assert "Served 1 connections" in output
+    assert "Served 1 connection" in output
     print(f"\nPID 1 (NSpid {' '.join(nspid[1:])}): SIGTERM -> exit {status}; "
           f"{output.splitlines()[-1]}")
