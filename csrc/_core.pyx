@@ -19,7 +19,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from _sys cimport (
     recv, send, shutdown, poll, pollfd, clock_gettime, clock_nanosleep, timespec,
     MSG_NOSIGNAL, MSG_DONTWAIT, MSG_PEEK, SHUT_WR, POLLIN, POLLOUT,
-    CLOCK_MONOTONIC, TIMER_ABSTIME, errno, EINTR, EAGAIN, ETIMEDOUT,
+    CLOCK_MONOTONIC, TIMER_ABSTIME, errno, EINTR, EAGAIN, ETIMEDOUT, ECONNRESET,
 )
 
 NAME = "cython"
@@ -32,6 +32,8 @@ DEF SUB_BITS = 6
 DEF SUB = 1 << SUB_BITS
 DEF NBUCKETS = SUB * 40
 DEF CHUNK = 256 * 1024
+# Shared with pytcpecho.units.MAX_BYTES: far below where 64-bit offsets overflow.
+DEF MAX_RUN_BYTES = 1 << 60
 
 HISTOGRAM_BUCKETS = NBUCKETS
 
@@ -286,6 +288,7 @@ cdef class ClientSession:
     cdef readonly long long messages
     cdef readonly long long mismatch_offset
     cdef readonly bint short_echo
+    cdef readonly long long long_echo
     cdef readonly long long latency_min_ns
     cdef readonly long long latency_max_ns
     cdef readonly long long latency_sum_ns
@@ -352,12 +355,47 @@ cdef class ClientSession:
             deadline = now_ns() + <long long>(duration * 1e9)
         if count <= 0 and deadline == 0:
             raise ValueError("give a count or a duration")
+        if count > MAX_RUN_BYTES // self.size:
+            raise ValueError(f"size x count is too large: at most {MAX_RUN_BYTES} bytes a run")
         with nogil:
             if self.lockstep:
                 rc = self._lockstep(count, interval_ns, deadline, finish)
             else:
                 rc = self._stream(count, deadline, finish)
+            if rc == 0 and finish and not self.stop_flag:
+                rc = self._await_eof()
         return rc == 0
+
+    cdef int _await_eof(self) except -1 nogil:
+        """After the last echo, the server's close: any byte before it is a long echo.
+
+        Returns 1 when bytes came back that were never sent.  A peer that
+        stays open for the whole timeout, or resets, sent nothing extra.
+        """
+        cdef pollfd pfd
+        cdef ssize_t r
+        cdef int ready
+        pfd.fd = self.fd
+        pfd.events = POLLIN
+        while True:
+            ready = poll(&pfd, 1, self.timeout_ms)
+            if ready == 0:
+                return 0
+            if ready < 0:
+                if errno != EINTR:
+                    raise_errno(errno)
+                check_signals()
+                continue
+            r = recv(self.fd, self.rbuf, self.chunk, MSG_DONTWAIT)
+            if r > 0:
+                self.long_echo = r
+                return 1
+            if r == 0 or errno == ECONNRESET:
+                return 0
+            if errno == EINTR:
+                check_signals()
+            elif errno != EAGAIN:
+                raise_errno(errno)
 
     cdef int _lockstep(self, long long count, long long interval_ns, long long deadline,
                        bint finish) except -1 nogil:
@@ -401,7 +439,7 @@ cdef class ClientSession:
     cdef int _stream(self, long long count, long long deadline, bint finish) except -1 nogil:
         cdef long long t0 = now_ns()
         cdef long long length = self.size * count if count > 0 else (1LL << 62)
-        cdef int rc = self._transfer(length, finish, deadline)
+        cdef int rc = self._transfer(length, finish, deadline, 1)
         self._record(now_ns() - t0)
         self.messages = self.bytes_received // self.size
         return rc
@@ -418,10 +456,13 @@ cdef class ClientSession:
         self.window_len = n
         return p
 
-    cdef int _transfer(self, long long length, bint finish, long long deadline=0) except -1 nogil:
+    cdef int _transfer(self, long long length, bint finish, long long deadline=0,
+                       bint stoppable=0) except -1 nogil:
         """Send pattern bytes [offset, offset+length) and read them back.
 
         Returns 0 when all came back intact, 1 on a mismatch or a short echo.
+        At the deadline, or on stop() when ``stoppable`` (a stream), sending ends
+        where it is and what is owed is collected.
         Sends never block while an echo is owed (MSG_DONTWAIT, then poll), so
         neither side's buffers can fill into a deadlock.
         """
@@ -436,7 +477,8 @@ cdef class ClientSession:
         cdef pollfd pfd
         pfd.fd = self.fd
         while recv_off < end:
-            if deadline and send_off < end and now_ns() >= deadline:
+            if send_off < end and ((stoppable and self.stop_flag)
+                                   or (deadline and now_ns() >= deadline)):
                 end = send_off  # time is up: stop sending, collect what is owed
                 if recv_off >= end:
                     break

@@ -146,9 +146,10 @@ cdef class ConnectEachSession(ClientSession):
     cdef pte_addr addr
     cdef readonly long long connections
 
-    def target(self, bytes packed, int port):
-        """Server address: packed IPv4 (4 bytes) or IPv6 (16 bytes) and port."""
-        if pte_addr_set(&self.addr, <const char *>packed, len(packed), port) != 0:
+    def target(self, bytes packed, int port, unsigned int scope_id=0):
+        """Server address: packed IPv4 (4 bytes) or IPv6 (16 bytes), port, and the
+        interface index of a link-local IPv6 address."""
+        if pte_addr_set(&self.addr, <const char *>packed, len(packed), port, scope_id) != 0:
             raise ValueError("packed address must be 4 or 16 bytes")
 
     def run_each(self, long long count, double interval=0.0, double duration=0.0):

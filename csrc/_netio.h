@@ -9,6 +9,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <unistd.h>
 #include <netinet/in.h>
@@ -22,7 +23,8 @@ typedef struct {
 } pte_addr;
 
 /* Fill a socket address from a packed IPv4 (4 bytes) or IPv6 (16 bytes) address. */
-static int pte_addr_set(pte_addr *a, const char *packed, size_t n, int port) {
+static int pte_addr_set(pte_addr *a, const char *packed, size_t n, int port,
+                        unsigned int scope_id) {
     memset(a, 0, sizeof(*a));
     if (n == 4) {
         struct sockaddr_in *s = (struct sockaddr_in *)&a->ss;
@@ -37,10 +39,29 @@ static int pte_addr_set(pte_addr *a, const char *packed, size_t n, int port) {
         s->sin6_family = AF_INET6;
         s->sin6_port = htons((unsigned short)port);
         memcpy(&s->sin6_addr, packed, 16);
+        s->sin6_scope_id = scope_id;  /* the interface of a link-local address */
         a->len = sizeof(*s);
         return 0;
     }
     return -EINVAL;
+}
+
+/* The end of a connect() a signal interrupted: the kernel goes on connecting (calling
+ * connect() again would say EALREADY), so wait for it and read its outcome. */
+static int pte_connect_outcome(int fd, int timeout_ms) {
+    struct pollfd p;
+    int err = 0, r;
+    socklen_t len = sizeof(err);
+    p.fd = fd;
+    p.events = POLLOUT;
+    do {
+        r = poll(&p, 1, timeout_ms > 0 ? timeout_ms : -1);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return ETIMEDOUT;
+    if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        return errno;
+    return err;
 }
 
 /* A blocking, connected TCP socket with TCP_NODELAY and SO_RCVTIMEO/SO_SNDTIMEO
@@ -58,12 +79,16 @@ static int pte_connect(const pte_addr *a, int timeout_ms) {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     }
-    while (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
-        if (errno == EINTR)
-            continue;
-        err = errno == EINPROGRESS ? ETIMEDOUT : errno;
-        close(fd);
-        return -err;
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
+        err = errno;
+        if (err == EINTR)
+            err = pte_connect_outcome(fd, timeout_ms);
+        else if (err == EINPROGRESS)  /* SO_SNDTIMEO expired */
+            err = ETIMEDOUT;
+        if (err != 0) {
+            close(fd);
+            return -err;
+        }
     }
     return fd;
 }

@@ -3,7 +3,8 @@
 cdef extern from "_netio.h" nogil:
     ctypedef struct pte_addr:
         pass
-    int pte_addr_set(pte_addr *a, const char *packed, size_t n, int port)
+    int pte_addr_set(pte_addr *a, const char *packed, size_t n, int port,
+                     unsigned int scope_id)
     int pte_connect(const pte_addr *a, int timeout_ms)
     int pte_pipe(int fds[2], int size)
     long pte_splice(int fd_in, int fd_out, size_t n, int more)

@@ -42,3 +42,4 @@ cdef extern from "<errno.h>" nogil:
         EAGAIN
         EWOULDBLOCK
         ETIMEDOUT
+        ECONNRESET

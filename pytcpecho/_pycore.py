@@ -18,6 +18,7 @@ from collections.abc import Callable
 from .histogram import NBUCKETS, bucket_of
 from .pattern import Pattern
 from .sockets import set_io_timeout, set_nodelay
+from .units import MAX_BYTES
 
 NAME = "python"
 HISTOGRAM_BUCKETS = NBUCKETS
@@ -59,6 +60,8 @@ class _Borrowed:
 
     def __init__(self, fd: int) -> None:
         self.sock = socket.socket(fileno=fd)
+        if self.sock.gettimeout() is not None:  # socket.setdefaulttimeout() made it so
+            self.sock.settimeout(None)  # block in recv(), bounded by SO_RCVTIMEO
 
     def __enter__(self) -> socket.socket:
         return self.sock
@@ -161,6 +164,7 @@ class ClientSession:
         self.messages = 0
         self.mismatch_offset = -1
         self.short_echo = False
+        self.long_echo = 0
         self.latency_min_ns = -1
         self.latency_max_ns = 0
         self.latency_sum_ns = 0
@@ -176,10 +180,33 @@ class ClientSession:
         deadline = time.monotonic_ns() + int(duration * 1e9) if duration > 0 else 0
         if count <= 0 and deadline == 0:
             raise ValueError("give a count or a duration")
+        if count > MAX_BYTES // self._size:
+            raise ValueError(f"size x count is too large: at most {MAX_BYTES} bytes a run")
         with _Borrowed(self._fd) as sock:
             if self._lockstep:
-                return self._run_lockstep(sock, count, int(interval * 1e9), deadline, finish)
-            return self._run_stream(sock, count, deadline, finish)
+                ok = self._run_lockstep(sock, count, int(interval * 1e9), deadline, finish)
+            else:
+                ok = self._run_stream(sock, count, deadline, finish)
+            if ok and finish and not self._stop:
+                ok = self._await_eof(sock)
+            return ok
+
+    def _await_eof(self, sock: socket.socket) -> bool:
+        """After the last echo, the server's close: any byte before it is a long echo."""
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        while poller.poll(self._timeout_ms):
+            try:
+                r = sock.recv_into(self._rbuf, self._chunk, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except ConnectionResetError:
+                return True
+            if r > 0:
+                self.long_echo = r
+                return False
+            return True
+        return True  # open for the whole timeout, and nothing extra came
 
     def _record(self, lat: int) -> None:
         self._hist[bucket_of(lat)] += 1
@@ -213,7 +240,7 @@ class ClientSession:
     def _run_stream(self, sock: socket.socket, count: int, deadline: int, finish: bool) -> bool:
         t0 = time.monotonic_ns()
         length = self._size * count if count > 0 else 1 << 62
-        ok = self._transfer(sock, length, finish, deadline)
+        ok = self._transfer(sock, length, finish, deadline, stoppable=True)
         self._record(time.monotonic_ns() - t0)
         self.messages = self.bytes_received // self._size
         return ok
@@ -226,8 +253,10 @@ class ClientSession:
                 sock.shutdown(socket.SHUT_WR)
             self._shut = True
 
-    def _transfer(self, sock: socket.socket, length: int, finish: bool, deadline: int) -> bool:
-        """Send pattern bytes [offset, offset+length) and read them back, at once."""
+    def _transfer(self, sock: socket.socket, length: int, finish: bool, deadline: int,
+                  stoppable: bool = False) -> bool:
+        """Send pattern bytes [offset, offset+length) and read them back, at once; at the
+        deadline, or on stop() when ``stoppable`` (a stream), collect what is owed."""
         send_off = recv_off = self._offset
         end = self._offset + length
         sbuf = memoryview(b"")
@@ -237,7 +266,8 @@ class ClientSession:
         poller.register(sock.fileno(), select.POLLIN)
         try:
             while recv_off < end:
-                if deadline and send_off < end and time.monotonic_ns() >= deadline:
+                if send_off < end and ((stoppable and self._stop)
+                                       or (deadline and time.monotonic_ns() >= deadline)):
                     end = send_off
                     if recv_off >= end:
                         break
@@ -299,16 +329,20 @@ class ConnectEachSession(ClientSession):
                  timeout: float | None = None) -> None:
         super().__init__(fd, size, base, mode, timeout)
         self._timeout = timeout
-        self._address: tuple[int, tuple[str, int]] | None = None
+        self._address: tuple[int, tuple[str, int] | tuple[str, int, int, int]] | None = None
         self.connections = 0
 
-    def target(self, packed: bytes, port: int) -> None:
-        """Server address: packed IPv4 (4 bytes) or IPv6 (16 bytes) and port."""
+    def target(self, packed: bytes, port: int, scope_id: int = 0) -> None:
+        """Server address: packed IPv4 (4 bytes) or IPv6 (16 bytes), port, and the
+        interface index of a link-local IPv6 address."""
         families = {4: socket.AF_INET, 16: socket.AF_INET6}
         if len(packed) not in families:
             raise ValueError("packed address must be 4 or 16 bytes")
         family = families[len(packed)]
-        self._address = (family, (socket.inet_ntop(family, packed), port))
+        host = socket.inet_ntop(family, packed)
+        address: tuple[str, int] | tuple[str, int, int, int] = (
+            (host, port, 0, scope_id) if family == socket.AF_INET6 else (host, port))
+        self._address = (family, address)
 
     def run_each(self, count: int, interval: float = 0.0, duration: float = 0.0) -> bool:
         """``count`` connections (0: until ``duration`` or stop()); True if all intact."""
@@ -325,7 +359,8 @@ class ConnectEachSession(ClientSession):
             now = time.monotonic_ns()
             if deadline and now >= deadline:
                 break
-            due = max(now, start + i * interval_ns) if interval_ns > 0 else now
+            # Open loop: latency counts from the intended time, even one already past.
+            due = start + i * interval_ns if interval_ns > 0 else now
             if due > now:
                 time.sleep((due - now) / 1e9)
             with socket.socket(family, socket.SOCK_STREAM) as sock:

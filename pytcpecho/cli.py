@@ -29,9 +29,10 @@ from .server import (
     EchoServer,
 )
 from .sockets import MAX_TIMEOUT
-from .units import DEFAULT_PORT, format_hostport, parse_hostport, parse_port, parse_size
+from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, parse_hostport, parse_port, parse_size
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_SERVER_FAILED = 1  # serve: the accept loop itself failed
 DEFAULT_GRACE = 10.0
 CLOSE_TIMEOUT = 0.5  # after the grace period: closed connections' threads get this long to end
 
@@ -85,6 +86,8 @@ def _count(text: str) -> int:
         raise ValueError(f"invalid count {text!r}: not a whole number") from None
     if value < 1:
         raise ValueError(f"invalid count {value}: must be at least 1")
+    if value > MAX_BYTES:
+        raise ValueError(f"invalid count {value}: at most {MAX_BYTES}")
     return value
 
 
@@ -212,11 +215,14 @@ def _serve(args: argparse.Namespace) -> int:
         where = format_hostport(args.host or "*", args.port)
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
+    failed = threading.Event()
+
     def serve() -> None:
         try:
             server.serve_forever()
         except Exception:
             log.exception("The accept loop failed: shutting down")
+            failed.set()  # exit 1, so a supervisor that restarts on failure does
         stop.set()  # a loop that ended by itself must not leave main waiting
 
     serving = threading.Thread(target=serve, name="pytcpecho-accept")
@@ -238,7 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
              s.errors, "" if s.errors == 1 else "s", s.timed_out, s.over_limit, s.refused)
     if args.report_stats:  # a worker of serve --workers: its supervisor sums these
         args.report_stats(s)
-    return EXIT_OK
+    return EXIT_SERVER_FAILED if failed.is_set() else EXIT_OK
 
 
 # -- client and ping ------------------------------------------------------------

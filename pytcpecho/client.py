@@ -13,7 +13,7 @@ from .histogram import LatencyStats, summarize
 from .pattern import make_base
 from .server import DEFAULT_SIZE, MODES
 from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
-from .units import DEFAULT_PORT, format_hostport, peer_name
+from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, peer_name
 
 DEFAULT_TIMEOUT = 10.0
 MIB = 1024 * 1024
@@ -22,6 +22,8 @@ MIB = 1024 * 1024
 def describe_error(exc: OSError, timeout: float | None) -> str:
     """One line for an error that ended a session's exchange."""
     if isinstance(exc, TimeoutError):
+        if timeout is None:  # the kernel gave up (retransmissions, keepalive), not us
+            return "timed out waiting for the echo: the kernel gave up on the connection"
         return f"timed out after {timeout:g} s waiting for the echo"
     if isinstance(exc, ConnectionResetError):
         return "connection reset by the server"
@@ -37,6 +39,9 @@ def describe_failure(session: Any) -> str:
     """One line for a session whose run() found the echo not intact."""
     if session.mismatch_offset >= 0:
         return f"echo differs from what was sent at byte {session.mismatch_offset}"
+    if session.long_echo > 0:
+        return (f"long echo: after the last byte, {session.long_echo} more came back "
+                "that were never sent")
     return "short echo: the server closed the connection early"
 
 
@@ -92,6 +97,8 @@ class EchoClient:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if size <= 0 or count <= 0:
             raise ValueError("size and count must be positive")
+        if size * count > MAX_BYTES:
+            raise ValueError(f"size x count must be at most {MAX_BYTES >> 40} TiB")
         if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
             raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s "
                              "(None: wait forever)")
@@ -117,8 +124,8 @@ class EchoClient:
         except ConnectionRefusedError:
             raise EchoError(f"connection refused by {self.target}") from None
         except TimeoutError:
-            raise EchoError(f"timed out connecting to {self.target} after {self.timeout:g} s"
-                            ) from None
+            after = "" if self.timeout is None else f" after {self.timeout:g} s"
+            raise EchoError(f"timed out connecting to {self.target}{after}") from None
         except OSError as exc:
             raise EchoError(f"cannot connect to {self.target}: {exc.strerror or exc}") from None
         try:

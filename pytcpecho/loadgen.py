@@ -24,7 +24,7 @@ from .client import describe_error, describe_failure, size_mismatch_hint
 from .histogram import NBUCKETS, LatencyStats, summarize
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
-from .units import format_hostport, format_size
+from .units import MAX_BYTES, format_hostport, format_size
 
 MIB = 1024 * 1024
 MODES = ("message", "stream")
@@ -54,6 +54,8 @@ class BenchConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.size <= 0 or self.connections <= 0:
             raise ValueError("size and connections must be positive")
+        if self.count is not None and self.size * self.count > MAX_BYTES:
+            raise ValueError(f"size x count must be at most {MAX_BYTES >> 40} TiB")
         if (self.duration is None) == (self.count is None):
             raise ValueError("give either a duration or a count")
         if self.count is not None and self.count < self.connections:
@@ -197,7 +199,9 @@ class LoadGenerator:
     def _connect_each_session(self, family: int, sockaddr: Any) -> Any:
         c = self.config
         session = self.core.ConnectEachSession(-1, c.size, self.base, "message", c.timeout)
-        session.target(socket.inet_pton(family, sockaddr[0]), sockaddr[1])
+        host = sockaddr[0].split("%")[0]  # fe80::1%eth0: the scope is sockaddr[3]
+        scope_id = sockaddr[3] if family == socket.AF_INET6 else 0
+        session.target(socket.inet_pton(family, host), sockaddr[1], scope_id)
         return session
 
     def _counts(self) -> list[int]:
@@ -288,8 +292,9 @@ class LoadGenerator:
         except KeyboardInterrupt:
             for s in sessions:
                 s.stop()
+            give_up = time.monotonic() + c.timeout  # one timeout for all, not one each
             for t in threads:
-                t.join(c.timeout)
+                t.join(max(0.0, give_up - time.monotonic()))
             raise
         elapsed = time.monotonic() - started
         if c.connect_each and all(getattr(s, "connections", 0) == 0 for s in sessions):

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import core as cores
 from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
-from .units import DEFAULT_PORT, format_hostport, format_size, peer_name
+from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, format_size, peer_name
 from .workers import Workers
 
 log = logging.getLogger("pytcpecho.server")
@@ -148,8 +148,9 @@ class EchoServer:
         if idle_timeout is not None and not 0 < idle_timeout <= MAX_TIMEOUT:
             raise ValueError(f"idle_timeout must be positive, at most {MAX_TIMEOUT:g} s "
                              "(None: no timeout)")
-        if max_bytes < 0:
-            raise ValueError("max_bytes must be 0 (no limit) or positive")
+        if not 0 <= max_bytes <= MAX_BYTES:
+            raise ValueError(f"max_bytes must be 0 (no limit) or positive, at most "
+                             f"{MAX_BYTES >> 40} TiB")
         if worker_idle <= 0:
             raise ValueError("worker_idle must be positive")
         self.mode = mode
@@ -377,6 +378,8 @@ class EchoServer:
             with self._lock:
                 self._refused += 1
             return
+        if conn.gettimeout() is not None:  # socket.setdefaulttimeout() in this process
+            conn.setblocking(True)  # the cores block in recv(), bounded by SO_RCVTIMEO
         if not self._inherits_options:
             try:
                 set_io_timeout(conn, self.idle_timeout)

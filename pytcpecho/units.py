@@ -7,6 +7,9 @@ import re
 from fractions import Fraction
 
 DEFAULT_PORT = 8000
+# The most one run may move (sizes, counts, size x count): 1 EiB, more than any
+# link carries in a lifetime, and far below where 64-bit stream offsets overflow.
+MAX_BYTES = 1 << 60
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE | re.ASCII)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -22,6 +25,8 @@ def parse_size(text: str) -> int:
     value = Fraction(number) * base ** _POWERS[prefix]  # exact, unlike a float
     if value.denominator != 1 or ("." in number and not prefix):
         raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+    if value > MAX_BYTES:
+        raise ValueError(f"invalid size {text!r}: at most {MAX_BYTES >> 40} TiB")
     return int(value)
 
 

@@ -124,3 +124,21 @@ def resetting(after: int) -> Handler:
             got += len(data)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     return handle
+
+
+def echo_then(extra: bytes) -> Handler:
+    """Echo as bytes come; at the client's EOF send ``extra``, never sent by it, and close."""
+    def handle(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+        conn.sendall(extra)
+    return handle
+
+
+def echo_held_open(release: threading.Event) -> Handler:
+    """Echo as bytes come; at the client's EOF keep the connection open until ``release``."""
+    def handle(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+        release.wait(30)
+    return handle

@@ -156,6 +156,28 @@ def test_client_session_duration_and_stop(core: str) -> None:
             assert sock.recv(1) == b""  # half-closed; the server saw EOF and closed
 
 
+def test_stop_ends_a_stream_in_the_middle(core: str) -> None:
+    """A stream is one transfer: stop() must end it there, not after 1 TiB."""
+    mod = cores.load(core)
+    with running_server(core=core) as server, connect(server.address[1]) as sock:
+        set_io_timeout(sock, 10)
+        session = mod.ClientSession(sock.fileno(), 1 << 40, make_base(1), "stream", 10.0)
+        outcome: list[bool] = []
+        runner = threading.Thread(target=lambda: outcome.append(session.run(1)))
+        runner.start()
+        try:
+            for _ in range(1000):  # until bytes flow both ways, 10 s at most
+                if session.bytes_received > 0:
+                    break
+                runner.join(0.01)
+        finally:
+            session.stop()
+            runner.join(30)
+        assert not runner.is_alive()
+        assert outcome == [True]  # everything sent before the stop came back intact
+        assert 0 < session.bytes_received == session.bytes_sent < 1 << 40
+
+
 @pytest.mark.parametrize("mode", ["bogus", ""])
 def test_sessions_reject_a_bad_mode(core: str, mode: str) -> None:
     mod = cores.load(core)
@@ -173,12 +195,15 @@ def test_sessions_reject_bad_sizes(core: str) -> None:
         mod.ClientSession(0, 0, make_base(0))
     with pytest.raises(ValueError, match="pattern base"):
         mod.ClientSession(0, 10, b"short")
+    with pytest.raises(ValueError, match="too large"):  # 2**63 bytes would overflow
+        mod.ClientSession(0, 1 << 40, make_base(0), "stream").run(1 << 23)
 
 
 @pytest.mark.parametrize("options", [
     {"mode": "bogus"}, {"size": 0}, {"max_clients": 0}, {"idle_timeout": 0},
     {"idle_timeout": -1}, {"idle_timeout": float("nan")}, {"idle_timeout": float("inf")},
-    {"idle_timeout": 1e10}, {"max_bytes": -1}, {"core": "rust"}, {"allow": ["nope"]},
+    {"idle_timeout": 1e10}, {"max_bytes": -1}, {"max_bytes": 1 << 61}, {"core": "rust"},
+    {"allow": ["nope"]},
 ])
 def test_server_rejects_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -188,7 +213,7 @@ def test_server_rejects_bad_options(options: dict[str, object]) -> None:
 @pytest.mark.parametrize("options", [
     {"mode": "bogus"}, {"size": 0}, {"count": 0}, {"size": -5}, {"timeout": 0},
     {"timeout": -1}, {"timeout": float("nan")}, {"timeout": float("inf")}, {"timeout": 1e10},
-    {"timeout": 3e6}, {"core": "rust"},
+    {"timeout": 3e6}, {"core": "rust"}, {"size": 1 << 40, "count": 1 << 23},
 ])
 def test_client_rejects_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -309,6 +334,23 @@ def test_close_ends_connections_in_flight(core: str) -> None:
                 sock.settimeout(10)
                 with contextlib.suppress(ConnectionResetError):
                     assert sock.recv(1 << 20) in (b"x" * 100, b"")
+
+
+def test_server_in_a_process_with_a_default_socket_timeout(core: str) -> None:
+    """socket.setdefaulttimeout() makes accepted sockets non-blocking: the server undoes it,
+    or the cores' blocking recv() would fail at once."""
+    socket.setdefaulttimeout(5)
+    try:
+        with running_server(mode="message", size=1000, core=core, idle_timeout=60) as server:
+            # Between messages the server waits for the next one: it must block there.
+            result = EchoClient(LOCALHOST, server.address[1], size=1000, count=50,
+                                core=core).run()
+            assert server.wait(lambda s: s.total == 1 and s.active == 0, 10)
+            stats = server.stats
+    finally:
+        socket.setdefaulttimeout(None)
+    assert result.intact, result.problem
+    assert stats.timed_out == 0 and stats.errors == 0
 
 
 def test_server_address_and_context_manager() -> None:

@@ -86,6 +86,11 @@ BAD_INPUT = [
     ("client", "h", "--size", "1.1k"), ("client", "h", "--size", ""),
     ("ping", "h", "--size", "0"), ("serve", "--size", "0"), ("serve", "--size", "x"),
     ("serve", "--max-bytes", "lots"),
+    # more than one run may move (1 EiB): 64-bit offsets must not overflow
+    ("client", "h", "--size", "2000000TiB"), ("serve", "--max-bytes", "2000000TiB"),
+    ("client", "h", "--count", str(2**61)), ("client", "h", "--count", str(2**64)),
+    ("client", "h", "--mode", "stream", "--size", "1TiB", "--count", "8388608"),
+    ("bench", "h", "--mode", "stream", "--size", "1TiB", "-n", "8388608"),
     # ports and hosts
     ("serve", "--port", "70000"), ("serve", "--port", "-1"), ("serve", "--port", "x"),
     ("client", "h:0"), ("client", "h:65536"), ("client", "h:x"), ("client", "h:"),

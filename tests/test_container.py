@@ -227,7 +227,8 @@ def stop_within_grace(net: Network, server: Any, env: dict[str, str], client: st
         flight.wait(10)
     assert server.proc.wait(grace) == 0, server.output()
     output = server.output()
-    assert re.search(r"^Served \d+ connections?, echoed \d+ bytes, 0 errors\b", output, re.M), output
+    assert re.search(r"^Served \d+ connections?, echoed \d+ bytes, 0 errors\b", output,
+                     re.M), output
     return output
 
 

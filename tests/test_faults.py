@@ -15,6 +15,8 @@ import threading
 import pytest
 from fakes import (
     closed_port,
+    echo_held_open,
+    echo_then,
     fake_server,
     flipping_echo,
     half_echo,
@@ -330,6 +332,42 @@ def test_short_echo_cli(handler: object, command: str) -> None:
     with fake_server(handler) as port:  # type: ignore[arg-type]
         line = assert_one_line_error(cli(command, f"127.0.0.1:{port}"), 1)
     assert "short echo" in line
+
+
+@pytest.mark.parametrize("client_mode", ["message", "stream"])
+@pytest.mark.parametrize("count", [1, 3])
+def test_long_echo(core: str, client_mode: str, count: int) -> None:
+    """Bytes after the last one sent are an echo that is not intact, too."""
+    with fake_server(echo_then(b"GARBAGE" * 100)) as port:
+        result = EchoClient(LOCALHOST, port, size=1000, count=count, mode=client_mode,
+                            core=core).run()
+    assert not result.intact
+    assert result.received == 1000 * count  # every byte sent came back, then more
+    assert result.problem is not None
+    assert result.problem.startswith("long echo: after the last byte, "), result.problem
+    assert "more came back that were never sent" in result.problem
+
+
+@pytest.mark.parametrize("command", ["client", "ping"])
+def test_long_echo_cli(command: str) -> None:
+    with fake_server(echo_then(b"!")) as port:
+        line = assert_one_line_error(cli(command, f"127.0.0.1:{port}"), 1)
+    assert "long echo: after the last byte, 1 more came back that were never sent" in line
+
+
+@pytest.mark.parametrize("client_mode", ["message", "stream"])
+def test_server_that_stays_open_after_the_echo(core: str, client_mode: str) -> None:
+    """Not closing after the client's half-close is no fault of the echo: intact, after
+    one timeout spent waiting for anything more."""
+    release = threading.Event()
+    with fake_server(echo_held_open(release)) as port:
+        try:
+            result = EchoClient(LOCALHOST, port, size=SEED_SIZE, mode=client_mode, core=core,
+                                timeout=0.3).run()
+        finally:
+            release.set()
+    assert result.intact, result.problem
+    assert result.received == SEED_SIZE
 
 
 def test_silent_server_times_out(core: str) -> None:

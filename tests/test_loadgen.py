@@ -123,6 +123,30 @@ def test_open_loop_shows_a_stall_in_the_percentiles() -> None:
     assert lat["p50"] >= 50
 
 
+def stalling_once(stall_after: int, stall: float) -> Handler:
+    """Echo one 64-byte message per connection; the connection number ``stall_after``
+    waits ``stall`` s first."""
+    numbers = itertools.count()
+
+    def handle(conn: socket.socket) -> None:
+        data = recv_exactly(conn, 64)
+        if next(numbers) == stall_after:
+            time.sleep(stall)  # the stall under test, not a wait for anything
+        conn.sendall(data)
+    return handle
+
+
+def test_open_loop_connect_each_shows_a_stall_in_the_percentiles(core: str) -> None:
+    """The same correction when every message is a new connection."""
+    with fake_server(stalling_once(stall_after=10, stall=0.4)) as port:
+        status, doc = bench_json(port, "--size", "64", "-c", "1", "-n", "100", "--rate", "200",
+                                 "--connect-each", "--core", core)
+    assert status == 0, doc
+    lat = doc["latency_ms"]
+    assert lat["max"] >= 390
+    assert lat["p50"] >= 50, lat
+
+
 def test_integrity_failure_exits_1(core: str) -> None:
     with fake_server(flipping_echo(5000)) as port:
         status, doc = bench_json(port, "--size", "1KiB", "-c", "1", "-n", "20", "--core", core)
