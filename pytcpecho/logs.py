@@ -25,7 +25,8 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa%]")
 _WORD_AFTER = re.compile(r"\s+([a-z]+)")
 _FIELD_NAMES = {"s": "seconds", "connection": "connections", "byte": "bytes",
-                "error": "errors", "client": "clients"}
+                "error": "errors", "client": "clients", "idle": "idle_timeouts",
+                "over": "over_max_bytes"}
 
 
 def structured_fields(record: logging.LogRecord) -> dict[str, Any]:

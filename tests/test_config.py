@@ -107,6 +107,7 @@ def test_json_log_is_one_object_per_line() -> None:
     summary = records[-1]
     assert summary["message"].startswith("Served 1 connection")
     assert (summary["connections"], summary["bytes"], summary["errors"]) == (1, 2048, 0)
+    assert (summary["idle_timeouts"], summary["over_max_bytes"], summary["refused"]) == (0, 0, 0)
 
 
 def test_json_log_of_workers_names_each_worker() -> None:
