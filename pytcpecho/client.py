@@ -31,7 +31,8 @@ def describe_error(exc: OSError, timeout: float | None) -> str:
 
 
 def size_mismatch_hint(size: int) -> str:
-    """Why a message-mode echo may never come: the server waits for a whole message."""
+    """Why a first message-mode echo may never come: the server waits for a whole
+    message of its own size (a mismatch always stalls the first message)."""
     return f"if the server runs in message mode, check that its --size is {size} bytes too"
 
 
@@ -162,7 +163,7 @@ class EchoClient:
             problem = describe_failure(session)
         if problem is not None:
             problem += f" ({received} of {self.size * self.count} bytes came back intact)"
-        if timed_out and self.mode == "message":
+        if timed_out and self.mode == "message" and session.messages == 0:
             problem = f"{problem}; {size_mismatch_hint(self.size)}"
         latency = summarize(session.histogram(), max(session.latency_min_ns, 0),
                             session.latency_max_ns, session.latency_sum_ns)

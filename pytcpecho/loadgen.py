@@ -233,7 +233,7 @@ class LoadGenerator:
                 intact = session.run(count, interval, duration)
         except OSError as exc:
             problem = describe_error(exc, c.timeout)
-            if isinstance(exc, TimeoutError) and c.mode == "message":
+            if isinstance(exc, TimeoutError) and c.mode == "message" and session.messages == 0:
                 problem = f"{problem}; {size_mismatch_hint(c.size)}"
             self._fail(problem)
             return

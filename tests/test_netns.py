@@ -107,6 +107,7 @@ def test_link_cut_mid_transfer(lab: Lab) -> None:
     assert status == 1, (out, err)
     assert re.search(r"timed out after 3 s waiting for the echo \(\d+ of \d+ bytes came back "
                      r"intact\)", err), err
+    assert "--size" not in err  # messages had flowed: no size mismatch to suspect
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     print(f"\nlink cut: client exit {status}: {err.strip()}; server: {reaped.string} "
           f"({reaped_after:.1f} s after the cut); threads/fds back to baseline")
