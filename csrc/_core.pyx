@@ -15,6 +15,7 @@ blocking fd) or poll()'s timeout; an expired one is raised as TimeoutError.
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memcmp, strerror
 from cpython.exc cimport PyErr_CheckSignals
+import threading
 
 from _sys cimport (
     recv, send, shutdown, poll, pollfd, clock_gettime, clock_nanosleep, timespec,
@@ -283,6 +284,9 @@ cdef class ClientSession:
     cdef size_t window_len
     cdef int stop_flag
     cdef int shut
+    cdef bint watch_signals
+    cdef long long signals_checked_ns
+    cdef unsigned int spins
     cdef readonly long long bytes_sent
     cdef readonly long long bytes_received
     cdef readonly long long messages
@@ -357,6 +361,10 @@ cdef class ClientSession:
             raise ValueError("give a count or a duration")
         if count > MAX_RUN_BYTES // self.size:
             raise ValueError(f"size x count is too large: at most {MAX_RUN_BYTES} bytes a run")
+        # Only the main thread runs Python's signal handlers; there a fast loop
+        # that never blocks (so never sees EINTR) must look for them itself.
+        self.watch_signals = threading.current_thread() is threading.main_thread()
+        self.signals_checked_ns = now_ns()
         with nogil:
             if self.lockstep:
                 rc = self._lockstep(count, interval_ns, deadline, finish)
@@ -365,6 +373,19 @@ cdef class ClientSession:
             if rc == 0 and finish and not self.stop_flag:
                 rc = self._await_eof()
         return rc == 0
+
+    cdef inline int _poll_signals(self) except -1 nogil:
+        """In the main thread, run Python's signal handlers (Ctrl-C) every 50 ms or so:
+        the GIL is taken at most 20 times a second, and never in other threads."""
+        cdef long long t
+        if self.watch_signals:
+            self.spins += 1
+            if self.spins & 63 == 0:
+                t = now_ns()
+                if t - self.signals_checked_ns >= 50000000:
+                    self.signals_checked_ns = t
+                    check_signals()
+        return 0
 
     cdef int _await_eof(self) except -1 nogil:
         """After the last echo, the server's close: any byte before it is a long echo.
@@ -477,6 +498,7 @@ cdef class ClientSession:
         cdef pollfd pfd
         pfd.fd = self.fd
         while recv_off < end:
+            self._poll_signals()
             if send_off < end and ((stoppable and self.stop_flag)
                                    or (deadline and now_ns() >= deadline)):
                 end = send_off  # time is up: stop sending, collect what is owed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -225,6 +226,23 @@ def test_client_lines_in_the_seeds_words(core: str, mode: str) -> None:
     assert lines[4] == "Client finished."
     assert len(lines) == 5
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("args", [("--mode", "stream", "--size", "1TiB"),
+                                  ("--size", "1MiB", "--count", "1000000")])
+def test_ctrl_c_stops_the_client_mid_transfer(core: str, args: tuple[str, ...]) -> None:
+    """A loop that never blocks never sees EINTR: Ctrl-C must still end it at once."""
+    with running_server(mode="stream") as server:
+        client = ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "client",
+                                   f"127.0.0.1:{server.address[1]}", "--core", core, *args])
+        try:
+            client.wait_for(r"^Connecting to ")
+            assert server.wait(lambda s: s.bytes_out > 0, 10)  # the echo is flowing
+            client.proc.send_signal(signal.SIGINT)
+            assert client.proc.wait(timeout=10) == 130
+        finally:
+            client.proc.kill()
+            client.proc.wait()
 
 
 def test_client_count_prints_round_trips() -> None:
