@@ -35,6 +35,8 @@ DEF NBUCKETS = SUB * 40
 DEF CHUNK = 256 * 1024
 # Shared with pytcpecho.units.MAX_BYTES: far below where 64-bit offsets overflow.
 DEF MAX_RUN_BYTES = 1 << 60
+# How long a client without a timeout waits for the close after an intact echo.
+DEF EOF_WAIT_MS = 10000
 
 HISTOGRAM_BUCKETS = NBUCKETS
 
@@ -391,15 +393,17 @@ cdef class ClientSession:
         """After the last echo, the server's close: any byte before it is a long echo.
 
         Returns 1 when bytes came back that were never sent.  A peer that
-        stays open for the whole timeout, or resets, sent nothing extra.
+        stays open for the whole timeout (10 s without one), or resets, sent
+        nothing extra.
         """
         cdef pollfd pfd
         cdef ssize_t r
         cdef int ready
+        cdef int wait_ms = self.timeout_ms if self.timeout_ms >= 0 else EOF_WAIT_MS
         pfd.fd = self.fd
         pfd.events = POLLIN
         while True:
-            ready = poll(&pfd, 1, self.timeout_ms)
+            ready = poll(&pfd, 1, wait_ms)
             if ready == 0:
                 return 0
             if ready < 0:

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
@@ -310,12 +311,17 @@ def _add_ping(sub: argparse._SubParsersAction[_Parser]) -> None:
     _client_options(p, 64, 3.0)
     p.add_argument("--count", "-c", type=COUNT, default=1,
                    help="pings, one connection each (default: 1)")
+    p.add_argument("--interval", "-i", type=SECONDS, default=None,
+                   help="seconds between pings (default: none, one right after another)")
     p.set_defaults(run=_ping)
 
 
 def _ping(args: argparse.Namespace) -> int:
     host, port = args.target
-    for _ in range(args.count):
+    times: list[float] = []
+    for i in range(args.count):
+        if i and args.interval:
+            time.sleep(args.interval)  # pacing, as ping -i does
         try:
             client = EchoClient(host, port, size=args.size, timeout=args.timeout, core=args.core)
         except RuntimeError as exc:
@@ -326,8 +332,12 @@ def _ping(args: argparse.Namespace) -> int:
             return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
         if not result.intact:
             return _fail(args.prog, result.problem or "echo not intact", EXIT_NOT_INTACT)
+        times.append(result.elapsed * 1000)
         _say(f"{result.received} bytes from {format_hostport(*result.peer)}: "
-             f"intact, time={result.elapsed * 1000:.3f} ms")
+             f"intact, time={times[-1]:.3f} ms")
+    if len(times) > 1:
+        _say(f"{len(times)} pings to {client.target}, all intact: time min/avg/max = "
+             f"{min(times):.3f}/{sum(times) / len(times):.3f}/{max(times):.3f} ms")
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from fakes import closed_port
@@ -100,7 +101,8 @@ BAD_INPUT = [
     # counts
     ("client", "h", "--count", "0"), ("client", "h", "--count", "-3"),
     ("client", "h", "--count", "x"), ("client", "h", "--count", "1.5"),
-    ("ping", "h", "-c", "0"), ("serve", "--max-clients", "0"),
+    ("ping", "h", "-c", "0"), ("serve", "--max-clients", "0"), ("ping", "h", "-i", "0"),
+    ("ping", "h", "-i", "x"),
     # timeouts
     ("client", "h", "--timeout", "0"), ("client", "h", "--timeout", "-1"),
     ("client", "h", "--timeout", "x"), ("client", "h", "--timeout", "inf"),
@@ -264,10 +266,26 @@ def test_ping(core: str) -> None:
         assert server.wait(lambda s: s.total == 3, 10)
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
-    assert len(lines) == 3
-    for line in lines:
+    assert len(lines) == 4
+    for line in lines[:3]:
         assert re.fullmatch(rf"64 bytes from 127\.0\.0\.1:{port}: intact, time=\d+\.\d{{3}} ms",
                             line), line
+    times = [float(line.rsplit("=", 1)[1].split()[0]) for line in lines[:3]]
+    summary = re.fullmatch(rf"3 pings to 127\.0\.0\.1:{port}, all intact: time min/avg/max = "
+                           r"(\d+\.\d{3})/(\d+\.\d{3})/(\d+\.\d{3}) ms", lines[3])
+    assert summary, lines[3]
+    assert float(summary[1]) == min(times) and float(summary[3]) == max(times)
+
+
+def test_ping_interval_paces_the_pings() -> None:
+    with running_server() as server:
+        started = time.monotonic()
+        result = cli("ping", f"127.0.0.1:{server.address[1]}", "-c", "3", "-i", "0.3")
+        took = time.monotonic() - started
+        assert server.wait(lambda s: s.total == 3, 10)
+    assert result.returncode == 0, result
+    assert took >= 0.6  # two pauses between three pings
+    assert result.stdout.count(": intact, time=") == 3
 
 
 def test_ping_closed_port() -> None:
