@@ -35,6 +35,8 @@ DEF NBUCKETS = SUB * 40
 DEF CHUNK = 256 * 1024
 # Shared with pytcpecho.units.MAX_BYTES: far below where 64-bit offsets overflow.
 DEF MAX_RUN_BYTES = 1 << 60
+# poll() takes int milliseconds: 2,000,000 s stays below 2**31 ms.
+DEF MAX_TIMEOUT_S = 2000000
 # How long a client without a timeout waits for the close after an intact echo.
 DEF EOF_WAIT_MS = 10000
 
@@ -310,6 +312,8 @@ cdef class ClientSession:
         self.fd = fd
         self.size = size
         self.lockstep = mode == "message"
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT_S} s (None: none)")
         self.timeout_ms = -1 if timeout is None else max(1, <int>(timeout * 1000))
         self.base_obj = base
         self.base = <const unsigned char *>self.base_obj

@@ -195,6 +195,9 @@ def test_sessions_reject_bad_sizes(core: str) -> None:
         mod.ClientSession(0, 0, make_base(0))
     with pytest.raises(ValueError, match="pattern base"):
         mod.ClientSession(0, 10, b"short")
+    for timeout in (0, -1, float("nan"), 3e6):  # poll() takes int milliseconds
+        with pytest.raises(ValueError, match="timeout"):
+            mod.ClientSession(0, 10, make_base(0), "message", timeout)
     with pytest.raises(ValueError, match="too large"):  # 2**63 bytes would overflow
         mod.ClientSession(0, 1 << 40, make_base(0), "stream").run(1 << 23)
 
