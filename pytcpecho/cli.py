@@ -7,6 +7,7 @@ one line and status 3; an echo that did not come back intact is status 1.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -271,6 +272,8 @@ def _add_client(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="message: each message is a timed round trip; stream: send everything "
                         "as one stream while reading the echo (default: message)")
     p.add_argument("--seed", type=int, default=None, help="payload seed (default: random)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON document instead of the lines")
     p.set_defaults(run=_client)
 
 
@@ -296,11 +299,15 @@ def _client(args: argparse.Namespace) -> int:
                             timeout=args.timeout, seed=args.seed, core=args.core)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
-    _say(f"Connecting to {client.target}")
+    if not args.json:
+        _say(f"Connecting to {client.target}")
     try:
         result = client.run()
     except EchoError as exc:
         return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
+    if args.json:
+        _say(json.dumps(result.as_dict(), indent=2))
+        return EXIT_OK if result.intact else EXIT_NOT_INTACT
     return _report(args.prog, result, _say)
 
 
@@ -401,8 +408,6 @@ def _rate(text: str) -> float:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import json
-
     from . import loadgen
 
     host, port = args.target

@@ -78,6 +78,18 @@ class EchoResult:
         """Echoed bytes per second, in MiB/s."""
         return self.received / self.elapsed / MIB if self.elapsed > 0 else 0.0
 
+    def as_dict(self) -> dict[str, Any]:
+        """The result for machines (``client --json``): plain numbers, milliseconds."""
+        return {
+            "target": format_hostport(self.host, self.port),
+            "peer": format_hostport(*self.peer), "mode": self.mode, "size": self.size,
+            "count": self.count, "seed": self.seed, "bytes_sent": self.sent,
+            "bytes_received": self.received, "messages": self.messages,
+            "intact": self.intact, "problem": self.problem,
+            "duration_s": round(self.elapsed, 6), "mib_per_s": round(self.mib_per_s, 2),
+            "latency_ms": self.latency.as_dict(),
+        }
+
 
 class EchoClient:
     """Connects to an echo server and checks that what it sends comes back.

@@ -6,6 +6,7 @@ runs a server, a client or the entry points goes through a real process.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -14,7 +15,7 @@ import sys
 import time
 
 import pytest
-from fakes import closed_port
+from fakes import closed_port, fake_server, flipping_echo
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
 from pytcpecho import __version__
@@ -245,6 +246,37 @@ def test_ctrl_c_stops_the_client_mid_transfer(core: str, args: tuple[str, ...]) 
         finally:
             client.proc.kill()
             client.proc.wait()
+
+
+def test_client_json(core: str) -> None:
+    with running_server(mode="message", size=1000) as server:
+        port = server.address[1]
+        result = cli("client", f"127.0.0.1:{port}", "--size", "1000", "--count", "5",
+                     "--seed", "7", "--json", "--core", core)
+    assert result.returncode == 0, result
+    assert result.stderr == ""
+    doc = json.loads(result.stdout)  # nothing but the document on stdout
+    assert doc["target"] == doc["peer"] == f"127.0.0.1:{port}"
+    assert (doc["mode"], doc["size"], doc["count"], doc["seed"]) == ("message", 1000, 5, 7)
+    assert doc["bytes_sent"] == doc["bytes_received"] == 5000
+    assert doc["messages"] == 5 and doc["intact"] is True and doc["problem"] is None
+    lat = doc["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
+    assert doc["duration_s"] > 0 and doc["mib_per_s"] > 0
+
+
+def test_client_json_not_intact_and_unreachable() -> None:
+    with fake_server(flipping_echo(500)) as port:
+        bad = cli("client", f"127.0.0.1:{port}", "--size", "1000", "--json")
+    assert bad.returncode == 1, bad
+    doc = json.loads(bad.stdout)
+    assert doc["intact"] is False and doc["bytes_received"] == 500
+    assert doc["problem"].startswith("echo differs from what was sent at byte 500 "), doc
+    holder, closed = closed_port()
+    with holder:
+        unreachable = cli("client", f"127.0.0.1:{closed}", "--json")
+    assert_one_line_error(unreachable, 3)
+    assert unreachable.stdout == ""
 
 
 def test_client_count_prints_round_trips() -> None:
