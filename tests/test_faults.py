@@ -363,7 +363,7 @@ def test_server_that_stays_open_after_the_echo(core: str, client_mode: str) -> N
     with fake_server(echo_held_open(release)) as port:
         try:
             result = EchoClient(LOCALHOST, port, size=SEED_SIZE, mode=client_mode, core=core,
-                                timeout=0.3).run()
+                                timeout=0.5).run()
         finally:
             release.set()
     assert result.intact, result.problem
