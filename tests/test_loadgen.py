@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from fakes import Handler, fake_server, flipping_echo
+from fakes import Handler, echo_then, fake_server, flipping_echo
 from support import LOCALHOST, assert_one_line_error, cli, recv_exactly, running_server
 
 MIB = 1024 * 1024
@@ -153,6 +153,18 @@ def test_integrity_failure_exits_1(core: str) -> None:
     assert status == 1
     assert doc["integrity_failures"] == 1
     assert any("differs from what was sent at byte 5000" in p for p in doc["problems"])
+
+
+@pytest.mark.parametrize("mode", ["message", "stream"])
+def test_long_echo_is_an_integrity_failure(core: str, mode: str) -> None:
+    with fake_server(echo_then(b"extra")) as port:
+        status, doc = bench_json(port, "--size", "1KiB", "-c", "1", "-n", "20", "--mode", mode,
+                                 "--core", core)
+    assert status == 1
+    assert doc["integrity_failures"] == 1
+    assert doc["bytes_received"] == doc["bytes_sent"] == 20 * 1024  # all of it, then more
+    assert any(p.startswith("long echo: after the last byte, 5 more came back")
+               for p in doc["problems"]), doc["problems"]
 
 
 def test_nothing_to_connect_to_exits_3() -> None:
