@@ -7,6 +7,7 @@ one line and status 3; an echo that did not come back intact is status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import NoReturn
 from . import config, logs
 from . import core as cores
 from ._version import __version__
-from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult
+from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult, Progress
 from .server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENTS,
@@ -35,6 +36,7 @@ from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, parse_hostport, par
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_SERVER_FAILED = 1  # serve: the accept loop itself failed
+EXIT_BROKEN_PIPE = 128 + 13  # stdout closed under us: what a process killed by SIGPIPE gives
 DEFAULT_GRACE = 10.0
 CLOSE_TIMEOUT = 0.5  # after the grace period: closed connections' threads get this long to end
 
@@ -272,8 +274,11 @@ def _add_client(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="message: each message is a timed round trip; stream: send everything "
                         "as one stream while reading the echo (default: message)")
     p.add_argument("--seed", type=int, default=None, help="payload seed (default: random)")
-    p.add_argument("--json", action="store_true",
-                   help="print the result as one JSON document instead of the lines")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="print the result as one JSON document instead of the lines")
+    output.add_argument("--interval", "-i", type=SECONDS, default=None,
+                        help="print progress every S seconds while the echo comes back")
     p.set_defaults(run=_client)
 
 
@@ -301,8 +306,13 @@ def _client(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not args.json:
         _say(f"Connecting to {client.target}")
+    def progress(p: Progress) -> None:
+        with contextlib.suppress(BrokenPipeError):  # the main thread's next line says it
+            _say(f"{p.elapsed:7.1f} s  {p.received} of {p.expected} bytes back intact, "
+                 f"{p.mib_per_s:.1f} MiB/s")
+
     try:
-        result = client.run()
+        result = client.run(progress if args.interval else None, args.interval or 1.0)
     except EchoError as exc:
         return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
     if args.json:
@@ -463,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args.prog, str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return EXIT_BROKEN_PIPE
     return status
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import secrets
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,30 @@ class EchoResult:
         }
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a running exchange stands: seconds since it began, bytes back intact so far,
+    and the rate over the last interval."""
+
+    elapsed: float
+    received: int
+    expected: int
+    mib_per_s: float
+
+
+def _report_progress(session: Any, expected: int, started: float, interval: float,
+                     done: threading.Event, on_progress: Callable[[Progress], None]) -> None:
+    """Sample the session's counter every ``interval`` s until ``done``; the session's
+    loop runs on without the GIL, so reading its counter costs it nothing."""
+    last_t, last_bytes, tick = 0.0, 0, 1
+    while not done.wait(max(0.0, started + tick * interval - time.perf_counter())):
+        now = time.perf_counter() - started
+        received = session.bytes_received
+        rate = (received - last_bytes) / (now - last_t) / MIB if now > last_t else 0.0
+        on_progress(Progress(now, received, expected, rate))
+        last_t, last_bytes, tick = now, received, tick + 1
+
+
 class EchoClient:
     """Connects to an echo server and checks that what it sends comes back.
 
@@ -149,8 +175,15 @@ class EchoClient:
             raise EchoError(f"connection to {self.target} failed: {exc.strerror}") from None
         return sock
 
-    def run(self) -> EchoResult:
-        """Connect, exchange the payload, verify it; see ``EchoResult.intact``."""
+    def run(self, on_progress: Callable[[Progress], None] | None = None,
+            interval: float = 1.0) -> EchoResult:
+        """Connect, exchange the payload, verify it; see ``EchoResult.intact``.
+
+        ``on_progress`` is called from another thread every ``interval`` seconds
+        while the exchange runs (for long checks: a 100 GiB stream takes a while).
+        """
+        if on_progress is not None and not 0 < interval <= MAX_TIMEOUT:
+            raise ValueError(f"interval must be positive, at most {MAX_TIMEOUT:g} s")
         with self.connect() as sock:
             try:
                 peer = peer_name(sock.getpeername())
@@ -161,6 +194,13 @@ class EchoClient:
                                               self.mode, self.timeout)
             problem = None
             started = time.perf_counter()
+            done = threading.Event()
+            reporter = None
+            if on_progress is not None:
+                reporter = threading.Thread(
+                    target=_report_progress, name="pytcpecho-progress",
+                    args=(session, self.size * self.count, started, interval, done, on_progress))
+                reporter.start()
             try:
                 intact = session.run(self.count)
             except OSError as exc:
@@ -169,6 +209,10 @@ class EchoClient:
                 timed_out = isinstance(exc, TimeoutError)
             else:
                 timed_out = False
+            finally:
+                done.set()
+                if reporter is not None:
+                    reporter.join()
             elapsed = time.perf_counter() - started
         received = session.bytes_received
         if problem is None and not intact:

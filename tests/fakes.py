@@ -142,3 +142,20 @@ def echo_held_open(release: threading.Event) -> Handler:
             conn.sendall(data)
         release.wait(30)
     return handle
+
+
+def echo_held_back(after: int, release: threading.Event) -> Handler:
+    """Echo as bytes come, but hold back everything past stream offset ``after`` until
+    ``release``: a transfer caught in the middle, for as long as a test needs."""
+    def handle(conn: socket.socket) -> None:
+        pos = 0
+        while data := conn.recv(1 << 16):
+            if pos + len(data) > after and not release.is_set():
+                conn.sendall(data[: max(0, after - pos)])
+                held = data[max(0, after - pos):]
+                release.wait(30)
+                conn.sendall(held)
+            else:
+                conn.sendall(data)
+            pos += len(data)
+    return handle

@@ -8,12 +8,12 @@ import socket
 import threading
 
 import pytest
-from fakes import fake_server, recording_echo, scripted_reply, silent
+from fakes import echo_held_back, fake_server, recording_echo, scripted_reply, silent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import LOCALHOST, cli, connect, running_server
 
-from pytcpecho import EchoClient, EchoServer
+from pytcpecho import EchoClient, EchoResult, EchoServer, Progress
 from pytcpecho import core as cores
 from pytcpecho.pattern import BLOCK, HEADER, Pattern, make_base
 from pytcpecho.sockets import set_io_timeout
@@ -154,6 +154,32 @@ def test_client_session_duration_and_stop(core: str) -> None:
             assert stopper.run(10)
             assert stopper.messages == 0
             assert sock.recv(1) == b""  # half-closed; the server saw EOF and closed
+
+
+def test_progress_reports_while_the_echo_is_held(core: str) -> None:
+    release, reported = threading.Event(), threading.Event()
+    seen: list[Progress] = []
+
+    def on_progress(p: Progress) -> None:
+        seen.append(p)
+        reported.set()
+
+    with fake_server(echo_held_back(300_000, release)) as port:
+        client = EchoClient(LOCALHOST, port, size=1_000_000, mode="stream", core=core)
+        results: list[EchoResult] = []
+        runner = threading.Thread(target=lambda: results.append(client.run(on_progress, 0.05)))
+        runner.start()
+        try:
+            assert reported.wait(30)
+        finally:
+            release.set()
+            runner.join(30)
+    assert results and results[0].intact, results
+    first = seen[0]
+    assert first.received == 300_000 and first.expected == 1_000_000 and first.elapsed > 0
+    assert [p.elapsed for p in seen] == sorted(p.elapsed for p in seen)
+    with pytest.raises(ValueError, match="interval"):
+        client.run(on_progress, 0)
 
 
 def test_stop_ends_a_stream_in_the_middle(core: str) -> None:

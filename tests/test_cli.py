@@ -12,10 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from fakes import closed_port, fake_server, flipping_echo
+from fakes import closed_port, echo_held_back, fake_server, flipping_echo
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
 from pytcpecho import __version__
@@ -103,7 +104,7 @@ BAD_INPUT = [
     ("client", "h", "--count", "0"), ("client", "h", "--count", "-3"),
     ("client", "h", "--count", "x"), ("client", "h", "--count", "1.5"),
     ("ping", "h", "-c", "0"), ("serve", "--max-clients", "0"), ("ping", "h", "-i", "0"),
-    ("ping", "h", "-i", "x"),
+    ("ping", "h", "-i", "x"), ("client", "h", "-i", "0"), ("client", "h", "--json", "-i", "1"),
     # timeouts
     ("client", "h", "--timeout", "0"), ("client", "h", "--timeout", "-1"),
     ("client", "h", "--timeout", "x"), ("client", "h", "--timeout", "inf"),
@@ -277,6 +278,43 @@ def test_client_json_not_intact_and_unreachable() -> None:
         unreachable = cli("client", f"127.0.0.1:{closed}", "--json")
     assert_one_line_error(unreachable, 3)
     assert unreachable.stdout == ""
+
+
+def test_client_interval_prints_progress() -> None:
+    """A long check says how far it got while it runs."""
+    release = threading.Event()
+    with fake_server(echo_held_back(1 << 20, release)) as port:
+        client = ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "client",
+                                   f"127.0.0.1:{port}", "--mode", "stream", "--size", "4MiB",
+                                   "-i", "0.1"])
+        try:
+            line = client.wait_for(r"^ +\d+\.\d s  (\d+) of 4194304 bytes back intact, "
+                                   r"\d+\.\d MiB/s$")
+            assert int(line[1]) == 1 << 20  # all the server let through, so far
+            release.set()
+            assert client.proc.wait(timeout=30) == 0
+            client.wait_for(r"^Client finished\.$")
+        finally:
+            release.set()
+            client.proc.kill()
+            client.proc.wait()
+
+
+def test_output_to_a_closed_pipe_ends_quietly() -> None:
+    """`pytcpecho ping HOST -c 1000 | head -1`: no traceback, the status of a SIGPIPE."""
+    with running_server() as server:
+        proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", "ping",
+                                 f"127.0.0.1:{server.address[1]}", "-c", "1000", "-i", "0.01"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert ": intact, time=" in proc.stdout.readline()
+            proc.stdout.close()  # what head does after its one line
+            assert proc.wait(timeout=30) == 128 + signal.SIGPIPE
+            assert proc.stderr.read() == ""
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def test_client_count_prints_round_trips() -> None:
