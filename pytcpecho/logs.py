@@ -9,8 +9,10 @@ before that word in the message, anything passed as ``extra=``, and the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import sys
 from datetime import datetime, timezone
@@ -80,11 +82,32 @@ class TextFormatter(logging.Formatter):
         return f"[worker {worker}] {text}" if worker is not None else text
 
 
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to stdout; should stdout go away (``serve | head``), say so once on
+    stderr and serve on without a log, rather than a traceback for every line."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.closed_under_us = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            if not self.closed_under_us:
+                self.closed_under_us = True
+                with contextlib.suppress(OSError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    sys.stderr.write("pytcpecho: log output closed (broken pipe); "
+                                     "serving on without it\n")
+                    sys.stderr.flush()
+            return
+        super().handleError(record)
+
+
 def setup(verbose: int = 0, quiet: bool = False, fmt: str = "text") -> None:
     """Send pytcpecho's log to stdout in ``fmt``; -v adds detail, -q drops per-connection lines."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    handler = logging.StreamHandler(sys.stdout)
+    handler = StdoutHandler()
     detailed = verbose > 0
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(
         "%(asctime)s %(threadName)s %(message)s" if detailed else "%(message)s"))

@@ -19,7 +19,7 @@ import pytest
 from fakes import closed_port, echo_held_back, fake_server, flipping_echo
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
-from pytcpecho import __version__
+from pytcpecho import EchoClient, __version__
 from pytcpecho import core as cores
 from pytcpecho.cli import COMMANDS, main
 
@@ -315,6 +315,27 @@ def test_output_to_a_closed_pipe_ends_quietly() -> None:
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_server_whose_log_pipe_closes_serves_on() -> None:
+    """`pytcpecho serve | head -1`: one line on stderr, then serving as before."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", "serve", "--host", LOCALHOST,
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        port = int(re.search(r":(\d+)", proc.stdout.readline())[1])  # type: ignore[index]
+        proc.stdout.close()
+        for _ in range(3):  # each logs lines into the closed pipe
+            result = EchoClient(LOCALHOST, port).run()
+            assert result.intact, result.problem
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr.read() == ("pytcpecho: log output closed (broken pipe); "
+                                      "serving on without it\n")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_client_count_prints_round_trips() -> None:
