@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from .histogram import NBUCKETS, bucket_of
 from .pattern import Pattern
-from .sockets import set_io_timeout, set_nodelay
+from .sockets import make_blocking, set_io_timeout, set_nodelay
 from .units import MAX_BYTES
 
 NAME = "python"
@@ -62,8 +62,7 @@ class _Borrowed:
 
     def __init__(self, fd: int) -> None:
         self.sock = socket.socket(fileno=fd)
-        if self.sock.gettimeout() is not None:  # socket.setdefaulttimeout() made it so
-            self.sock.settimeout(None)  # block in recv(), bounded by SO_RCVTIMEO
+        make_blocking(self.sock)  # block in recv(), bounded by SO_RCVTIMEO
 
     def __enter__(self) -> socket.socket:
         return self.sock

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from . import core as cores
-from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
+from .sockets import MAX_TIMEOUT, make_blocking, set_io_timeout, set_nodelay
 from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, format_size, peer_name
 from .workers import Workers
 
@@ -378,8 +378,7 @@ class EchoServer:
             with self._lock:
                 self._refused += 1
             return
-        if conn.gettimeout() is not None:  # socket.setdefaulttimeout() in this process
-            conn.setblocking(True)  # the cores block in recv(), bounded by SO_RCVTIMEO
+        make_blocking(conn)  # even where it inherits the listener's options
         if not self._inherits_options:
             try:
                 set_io_timeout(conn, self.idle_timeout)

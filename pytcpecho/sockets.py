@@ -10,6 +10,13 @@ MAX_TIMEOUT = 1_000_000.0
 (time_t in settimeout(), poll()'s int milliseconds, lock waits)."""
 
 
+def make_blocking(sock: socket.socket) -> None:
+    """Blocking underneath, as the cores need, whatever socket.setdefaulttimeout() set
+    for the process (a socket with a Python-level timeout is non-blocking)."""
+    if sock.gettimeout() is not None:
+        sock.settimeout(None)
+
+
 def set_io_timeout(sock: socket.socket, seconds: float | None) -> None:
     """Make ``sock`` blocking, with SO_RCVTIMEO/SO_SNDTIMEO bounding each wait.
 
@@ -17,7 +24,7 @@ def set_io_timeout(sock: socket.socket, seconds: float | None) -> None:
     must live in the kernel: a Python-level timeout would make the fd
     non-blocking underneath.  ``None`` (or 0) waits forever.
     """
-    sock.settimeout(None)
+    make_blocking(sock)
     whole = int(seconds or 0)
     micro = int(((seconds or 0) - whole) * 1_000_000)
     tv = struct.pack("@ll", whole, micro)
