@@ -32,10 +32,12 @@ def describe_error(exc: OSError, timeout: float | None) -> str:
     return f"connection failed: {exc.strerror or exc}"
 
 
-def size_mismatch_hint(size: int) -> str:
-    """Why a first message-mode echo may never come: the server waits for a whole
-    message of its own size (a mismatch always stalls the first message)."""
-    return f"if the server runs in message mode, check that its --size is {size} bytes too"
+def size_mismatch_hint(exc: OSError, mode: str, size: int, session: Any) -> str:
+    """'; check --size' when a timeout may come from a server waiting for a whole message
+    of its own size (a mismatch always stalls the first message), else ''."""
+    if isinstance(exc, TimeoutError) and mode == "message" and session.messages == 0:
+        return f"; if the server runs in message mode, check that its --size is {size} bytes too"
+    return ""
 
 
 def describe_failure(session: Any) -> str:
@@ -193,6 +195,7 @@ class EchoClient:
             session = self.core.ClientSession(sock.fileno(), self.size, make_base(self.seed),
                                               self.mode, self.timeout)
             problem = None
+            hint = ""
             started = time.perf_counter()
             done = threading.Event()
             reporter = None
@@ -206,9 +209,7 @@ class EchoClient:
             except OSError as exc:
                 intact = False
                 problem = describe_error(exc, self.timeout)
-                timed_out = isinstance(exc, TimeoutError)
-            else:
-                timed_out = False
+                hint = size_mismatch_hint(exc, self.mode, self.size, session)
             finally:
                 done.set()
                 if reporter is not None:
@@ -218,9 +219,7 @@ class EchoClient:
         if problem is None and not intact:
             problem = describe_failure(session)
         if problem is not None:
-            problem += f" ({received} of {self.size * self.count} bytes came back intact)"
-        if timed_out and self.mode == "message" and session.messages == 0:
-            problem = f"{problem}; {size_mismatch_hint(self.size)}"
+            problem += f" ({received} of {self.size * self.count} bytes came back intact){hint}"
         latency = summarize(session.histogram(), max(session.latency_min_ns, 0),
                             session.latency_max_ns, session.latency_sum_ns)
         return EchoResult(self.host, self.port, peer, self.mode, self.size, self.count,

@@ -232,10 +232,8 @@ class LoadGenerator:
             else:  # --rate needs message mode (check()): a stream's interval is 0
                 intact = session.run(count, interval, duration)
         except OSError as exc:
-            problem = describe_error(exc, c.timeout)
-            if isinstance(exc, TimeoutError) and c.mode == "message" and session.messages == 0:
-                problem = f"{problem}; {size_mismatch_hint(c.size)}"
-            self._fail(problem)
+            self._fail(describe_error(exc, c.timeout)
+                       + size_mismatch_hint(exc, c.mode, c.size, session))
             return
         finally:
             if sock is not None:
