@@ -32,7 +32,15 @@ from .server import (
     EchoServer,
 )
 from .sockets import MAX_TIMEOUT
-from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, parse_hostport, parse_port, parse_size
+from .units import (
+    DEFAULT_PORT,
+    MAX_BYTES,
+    format_hostport,
+    parse_hostport,
+    parse_port,
+    parse_size,
+    plural,
+)
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_SERVER_FAILED = 1  # serve: the accept loop itself failed
@@ -235,17 +243,17 @@ def _serve(args: argparse.Namespace) -> int:
     server.shutdown()  # stop accepting before anything else
     active = server.stats.active
     log.info("Shutting down: %d connection%s in flight, up to %g s to finish",
-             active, "" if active == 1 else "s", args.grace)
+             active, plural(active), args.grace)
     if not server.drain(args.grace):
         left = server.stats.active
-        log.warning("Grace period over: closing %d connection%s", left, "" if left == 1 else "s")
+        log.warning("Grace period over: closing %d connection%s", left, plural(left))
     server.close(timeout=CLOSE_TIMEOUT)
     serving.join()
     s = server.stats
     log.info("Served %d connection%s, echoed %d bytes, %d error%s "
              "(%d idle timeouts, %d over --max-bytes, %d refused)",
-             s.total, "" if s.total == 1 else "s", s.bytes_out,
-             s.errors, "" if s.errors == 1 else "s", s.timed_out, s.over_limit, s.refused)
+             s.total, plural(s.total), s.bytes_out, s.errors, plural(s.errors),
+             s.timed_out, s.over_limit, s.refused)
     if args.report_stats:  # a worker of serve --workers: its supervisor sums these
         args.report_stats(s)
     return EXIT_SERVER_FAILED if failed.is_set() else EXIT_OK

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import logs
 from .server import ServerStats, listen_address
-from .units import format_hostport
+from .units import format_hostport, plural
 
 log = logging.getLogger("pytcpecho.supervisor")
 
@@ -256,8 +256,8 @@ class Supervisor:
             del self.workers[worker.index]
         t = self.totals
         log.info("Served %d connection%s, echoed %d bytes, %d error%s in %d workers%s",
-                 t["total"], "" if t["total"] == 1 else "s", t["bytes_out"],
-                 t["errors"], "" if t["errors"] == 1 else "s", self.count,
+                 t["total"], plural(t["total"]), t["bytes_out"],
+                 t["errors"], plural(t["errors"]), self.count,
                  f" ({self.restarts} restarted, {self.lost} lost their counters)"
                  if self.restarts or self.lost else "")
         if self._fatal is not None:

@@ -15,6 +15,11 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE |
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
+def plural(n: int) -> str:
+    """The 's' of '%d connection%s': '' for one, 's' for any other count."""
+    return "" if n == 1 else "s"
+
+
 def parse_size(text: str) -> int:
     """Bytes from '102400', '100KiB', '1MiB', '1.5GiB', '64k' (binary) or '1MB' (decimal)."""
     m = _SIZE.match(text)
