@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        logs.silence_stdout()
         return EXIT_BROKEN_PIPE
     return status
 

@@ -82,6 +82,14 @@ class TextFormatter(logging.Formatter):
         return f"[worker {worker}] {text}" if worker is not None else text
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone (``| head``), so that no later
+    write or the flush at exit raises BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Log lines to stdout; should stdout go away (``serve | head``), say so once on
     stderr and serve on without a log, rather than a traceback for every line."""
@@ -95,7 +103,7 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if not self.closed_under_us:
                 self.closed_under_us = True
                 with contextlib.suppress(OSError):
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    silence_stdout()
                     sys.stderr.write("pytcpecho: log output closed (broken pipe); "
                                      "serving on without it\n")
                     sys.stderr.flush()
