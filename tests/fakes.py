@@ -126,11 +126,15 @@ def resetting(after: int) -> Handler:
     return handle
 
 
+def _echo_to_eof(conn: socket.socket) -> None:
+    while data := conn.recv(1 << 16):
+        conn.sendall(data)
+
+
 def echo_then(extra: bytes) -> Handler:
     """Echo as bytes come; at the client's EOF send ``extra``, never sent by it, and close."""
     def handle(conn: socket.socket) -> None:
-        while data := conn.recv(1 << 16):
-            conn.sendall(data)
+        _echo_to_eof(conn)
         conn.sendall(extra)
     return handle
 
@@ -138,8 +142,7 @@ def echo_then(extra: bytes) -> Handler:
 def echo_held_open(release: threading.Event) -> Handler:
     """Echo as bytes come; at the client's EOF keep the connection open until ``release``."""
     def handle(conn: socket.socket) -> None:
-        while data := conn.recv(1 << 16):
-            conn.sendall(data)
+        _echo_to_eof(conn)
         release.wait(30)
     return handle
 

@@ -236,17 +236,13 @@ def test_client_lines_in_the_seeds_words(core: str, mode: str) -> None:
                                   ("--size", "1MiB", "--count", "1000000")])
 def test_ctrl_c_stops_the_client_mid_transfer(core: str, args: tuple[str, ...]) -> None:
     """A loop that never blocks never sees EINTR: Ctrl-C must still end it at once."""
-    with running_server(mode="stream") as server:
-        client = ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "client",
-                                   f"127.0.0.1:{server.address[1]}", "--core", core, *args])
-        try:
-            client.wait_for(r"^Connecting to ")
-            assert server.wait(lambda s: s.bytes_out > 0, 10)  # the echo is flowing
-            client.proc.send_signal(signal.SIGINT)
-            assert client.proc.wait(timeout=10) == 130
-        finally:
-            client.proc.kill()
-            client.proc.wait()
+    with running_server(mode="stream") as server, \
+            ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "client",
+                              f"127.0.0.1:{server.address[1]}", "--core", core, *args]) as client:
+        client.wait_for(r"^Connecting to ")
+        assert server.wait(lambda s: s.bytes_out > 0, 10)  # the echo is flowing
+        client.proc.send_signal(signal.SIGINT)
+        assert client.proc.wait(timeout=10) == 130
 
 
 def test_client_json(core: str) -> None:
@@ -283,21 +279,17 @@ def test_client_json_not_intact_and_unreachable() -> None:
 def test_client_interval_prints_progress() -> None:
     """A long check says how far it got while it runs."""
     release = threading.Event()
-    with fake_server(echo_held_back(1 << 20, release)) as port:
-        client = ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "client",
-                                   f"127.0.0.1:{port}", "--mode", "stream", "--size", "4MiB",
-                                   "-i", "0.1"])
+    with fake_server(echo_held_back(1 << 20, release)) as port, \
+            ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "client", f"127.0.0.1:{port}",
+                              "--mode", "stream", "--size", "4MiB", "-i", "0.1"]) as client:
         try:
             line = client.wait_for(r"^ +\d+\.\d s  (\d+) of 4194304 bytes back intact, "
                                    r"\d+\.\d MiB/s$")
             assert int(line[1]) == 1 << 20  # all the server let through, so far
-            release.set()
-            assert client.proc.wait(timeout=30) == 0
-            client.wait_for(r"^Client finished\.$")
         finally:
             release.set()
-            client.proc.kill()
-            client.proc.wait()
+        assert client.proc.wait(timeout=30) == 0
+        client.wait_for(r"^Client finished\.$")
 
 
 def test_output_to_a_closed_pipe_ends_quietly() -> None:
