@@ -17,6 +17,9 @@ from libc.string cimport memcpy, memcmp, strerror
 from cpython.exc cimport PyErr_CheckSignals
 import threading
 
+from pytcpecho.sockets import MAX_TIMEOUT
+from pytcpecho.units import MAX_BYTES
+
 from _sys cimport (
     recv, send, shutdown, poll, pollfd, clock_gettime, clock_nanosleep, timespec,
     MSG_NOSIGNAL, MSG_DONTWAIT, MSG_PEEK, SHUT_WR, POLLIN, POLLOUT,
@@ -33,10 +36,6 @@ DEF SUB_BITS = 6
 DEF SUB = 1 << SUB_BITS
 DEF NBUCKETS = SUB * 40
 DEF CHUNK = 256 * 1024
-# Shared with pytcpecho.units.MAX_BYTES: far below where 64-bit offsets overflow.
-DEF MAX_RUN_BYTES = 1 << 60
-# poll() takes int milliseconds: 2,000,000 s stays below 2**31 ms.
-DEF MAX_TIMEOUT_S = 2000000
 # How long a client without a timeout waits for the close after an intact echo.
 DEF EOF_WAIT_MS = 10000
 
@@ -312,8 +311,8 @@ cdef class ClientSession:
         self.fd = fd
         self.size = size
         self.lockstep = mode == "message"
-        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
-            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT_S} s (None: none)")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:  # poll()'s int ms
+            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
         self.timeout_ms = -1 if timeout is None else max(1, <int>(timeout * 1000))
         self.base_obj = base
         self.base = <const unsigned char *>self.base_obj
@@ -365,8 +364,8 @@ cdef class ClientSession:
             deadline = now_ns() + <long long>(duration * 1e9)
         if count <= 0 and deadline == 0:
             raise ValueError("give a count or a duration")
-        if count > MAX_RUN_BYTES // self.size:
-            raise ValueError(f"size x count is too large: at most {MAX_RUN_BYTES} bytes a run")
+        if count > MAX_BYTES // self.size:  # 64-bit stream offsets must not overflow
+            raise ValueError(f"size x count is too large: at most {MAX_BYTES} bytes a run")
         # Only the main thread runs Python's signal handlers; there a fast loop
         # that never blocks (so never sees EINTR) must look for them itself.
         self.watch_signals = threading.current_thread() is threading.main_thread()

@@ -17,11 +17,10 @@ from collections.abc import Callable
 
 from .histogram import NBUCKETS, bucket_of
 from .pattern import Pattern
-from .sockets import make_blocking, set_io_timeout, set_nodelay
+from .sockets import MAX_TIMEOUT, make_blocking, set_io_timeout, set_nodelay
 from .units import MAX_BYTES
 
 NAME = "python"
-MAX_TIMEOUT_S = 2_000_000  # poll() takes int milliseconds: this stays below 2**31 ms
 EOF_WAIT_MS = 10000  # how long a client without a timeout waits for the close after its echo
 HISTOGRAM_BUCKETS = NBUCKETS
 CHUNK = 256 * 1024
@@ -152,8 +151,8 @@ class ClientSession:
         self._fd = fd
         self._size = size
         self._lockstep = mode == "message"
-        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
-            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT_S} s (None: none)")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:  # poll()'s int ms
+            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
         self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
         self._pattern = Pattern(base)
         self._chunk = max(min(size, CHUNK), 65536)
