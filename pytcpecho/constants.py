@@ -1,0 +1,71 @@
+"""Every number and name that more than one module needs, defined once, low in the package.
+
+The CLI, the server, the client, the load generator and both cores read these;
+nothing here imports anything.  The Cython core keeps typed copies of the wire
+and loop constants in ``csrc/_constants.pxd`` and refuses to import when they
+differ from the values here, so the two can never drift apart silently.
+"""
+
+from __future__ import annotations
+
+# -- the protocol -------------------------------------------------------------------
+
+DEFAULT_PORT = 8000
+MODES = ("stream", "message")
+"""stream: echo bytes as they come (RFC 862); message: read ``size`` bytes, send them
+back, repeat (the original exercise's protocol)."""
+DEFAULT_SIZE = 102400
+"""100 KiB: the message the original exercise sent."""
+
+# -- limits ---------------------------------------------------------------------------
+
+MAX_BYTES = 1 << 60
+"""The most one run may move (sizes, counts, size x count): 1 EiB, more than any link
+carries in a lifetime, and far below where 64-bit stream offsets overflow."""
+MAX_TIMEOUT = 1_000_000.0
+"""Longest timeout in seconds (11.5 days): longer ones overflow the platform's timers
+(time_t in settimeout(), poll()'s int milliseconds, lock waits)."""
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+"""Largest message-mode size: each connection holds one buffer of it, so 1024 clients
+still fit in 64 GiB of address space that the kernel commits only as clients fill it."""
+
+# -- the server -------------------------------------------------------------------------
+
+DEFAULT_MAX_CLIENTS = 1024
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_WORKER_IDLE = 30.0
+DEFAULT_GRACE = 10.0
+DEFAULT_BACKLOG = 1024
+
+# -- clients ----------------------------------------------------------------------------
+
+DEFAULT_TIMEOUT = 10.0
+PING_SIZE = 64
+PING_TIMEOUT = 3.0
+BENCH_SIZE = 1024
+BENCH_CONNECTIONS = 10
+BENCH_DURATION = 10.0
+BENCH_INTERVAL = 1.0
+
+# -- the cores' loops (mirrored in csrc/_constants.pxd) ----------------------------------
+
+CHUNK = 256 * 1024
+"""Bytes one recv()/send() moves at most: the stream buffer of a server connection."""
+PIPE_SIZE = 1024 * 1024
+"""The splice core's pipe, where the kernel lets us size it."""
+EOF_WAIT_MS = 10000
+"""How long a client without a timeout waits for the server's close after an intact echo."""
+SIGNAL_POLL_NS = 50_000_000
+"""How often a client loop in the main thread runs Python's signal handlers (Ctrl-C)."""
+
+# -- the payload pattern and the latency histogram (mirrored in csrc/_constants.pxd) ----
+
+BLOCK_SHIFT = 16
+BLOCK = 1 << BLOCK_SHIFT
+"""The pattern repeats a seeded block of this many bytes..."""
+HEADER = 8
+"""...whose first HEADER bytes are xored with the block number."""
+SUB_BITS = 6
+SUB = 1 << SUB_BITS
+"""Histogram buckets per octave of latency (about 1.6% precision)."""
+NBUCKETS = SUB * 40
