@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from . import core as cores
-from .sockets import MAX_TIMEOUT, make_blocking, set_io_timeout, set_nodelay
+from .sockets import MAX_TIMEOUT, listen_address, make_blocking, set_io_timeout, set_nodelay
 from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, format_size, peer_name
 from .workers import Workers
 
@@ -70,16 +70,6 @@ class ServerStats:
 def _networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) if isinstance(c, str) else c
                  for c in cidrs)
-
-
-def listen_address(host: str | None, port: int) -> tuple[int, tuple[Any, ...], bool]:
-    """(family, address, dual-stack) to listen on: all interfaces (no host, or "::")
-    means IPv4 and IPv6 where the host has both."""
-    if host in (None, "", "::") and socket.has_dualstack_ipv6():
-        return socket.AF_INET6, ("::", port), True
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return family, sockaddr, False
 
 
 def _bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket.socket:

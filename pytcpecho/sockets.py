@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 MAX_TIMEOUT = 1_000_000.0
 """Longest timeout in seconds (11.5 days): longer ones overflow the platform's timers
@@ -35,3 +36,13 @@ def set_io_timeout(sock: socket.socket, seconds: float | None) -> None:
 def set_nodelay(sock: socket.socket) -> None:
     """Echo small messages without waiting for Nagle's algorithm."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def listen_address(host: str | None, port: int) -> tuple[int, tuple[Any, ...], bool]:
+    """(family, address, dual-stack) to listen on: all interfaces (no host, or "::")
+    means IPv4 and IPv6 where the host has both."""
+    if host in (None, "", "::") and socket.has_dualstack_ipv6():
+        return socket.AF_INET6, ("::", port), True
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    return family, sockaddr, False

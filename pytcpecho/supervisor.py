@@ -29,7 +29,8 @@ from types import FrameType
 from typing import Any
 
 from . import logs
-from .server import ServerStats, listen_address
+from .server import ServerStats
+from .sockets import listen_address
 from .units import format_hostport, plural
 
 log = logging.getLogger("pytcpecho.supervisor")
