@@ -27,6 +27,7 @@ from _sys cimport (
 )
 
 NAME = "cython"
+MODES = ("stream", "message")
 
 # Shared with pytcpecho.pattern and pytcpecho.histogram: keep in step.
 DEF BLOCK_SHIFT = 16
@@ -187,6 +188,10 @@ cdef class EchoSession:
 
     def __dealloc__(self):
         free(self.buf)
+
+    def attach(self, int fd):
+        self.fd = fd
+        self.bytes_in = self.bytes_out = self.messages = 0
 
     def run(self):
         cdef int rc

@@ -64,6 +64,12 @@ cdef class SpliceSession:
     def messages(self):
         return 0
 
+    def attach(self, int fd):
+        self._close_pipe()
+        self.fd = fd
+        self._in = self._out = 0
+        self.fallback = None
+
     def run(self):
         cdef int rc
         with nogil:

@@ -21,6 +21,7 @@ from .sockets import MAX_TIMEOUT, make_blocking, set_io_timeout, set_nodelay
 from .units import MAX_BYTES
 
 NAME = "python"
+MODES = ("stream", "message")
 EOF_WAIT_MS = 10000  # how long a client without a timeout waits for the close after its echo
 HISTOGRAM_BUCKETS = NBUCKETS
 CHUNK = 256 * 1024
@@ -73,6 +74,10 @@ class _Borrowed:
 class EchoSession:
     """One server connection: see the Cython core's EchoSession."""
 
+    bytes_in: int
+    bytes_out: int
+    messages: int
+
     def __init__(self, fd: int, mode: str = "stream", size: int = 102400, max_bytes: int = 0,
                  on_message: Callable[[int], object] | None = None,
                  bufsize: int = CHUNK) -> None:
@@ -88,6 +93,10 @@ class EchoSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages = 0
+
+    def attach(self, fd: int) -> None:
+        self._fd = fd
+        self.bytes_in = self.bytes_out = self.messages = 0
 
     def run(self) -> str:
         with _Borrowed(self._fd) as sock:
@@ -141,6 +150,16 @@ class EchoSession:
 
 class ClientSession:
     """The client's loop: see the Cython core's ClientSession."""
+
+    bytes_sent: int
+    bytes_received: int
+    messages: int
+    mismatch_offset: int
+    short_echo: bool
+    long_echo: int
+    latency_min_ns: int
+    latency_max_ns: int
+    latency_sum_ns: int
 
     def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
                  timeout: float | None = None) -> None:
@@ -327,6 +346,8 @@ class ConnectEachSession(ClientSession):
 
     Construct with fd=-1, name the server with target(), then run_each().
     """
+
+    connections: int
 
     def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
                  timeout: float | None = None) -> None:

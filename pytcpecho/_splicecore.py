@@ -8,13 +8,10 @@ boundaries, which splice() does not, so it raises ValueError.
 
 from __future__ import annotations
 
-from typing import Any
-
-from . import _core as _cython  # type: ignore[attr-defined]
+from ._core import ClientSession, ConnectEachSession
+from ._core import SpliceSession as EchoSession
 
 NAME = "splice"
 MODES = ("stream",)
-HISTOGRAM_BUCKETS: int = _cython.HISTOGRAM_BUCKETS
-EchoSession: Any = _cython.SpliceSession
-ClientSession: Any = _cython.ClientSession
-ConnectEachSession: Any = _cython.ConnectEachSession
+
+__all__ = ["MODES", "NAME", "ClientSession", "ConnectEachSession", "EchoSession"]

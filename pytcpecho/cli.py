@@ -22,19 +22,20 @@ from typing import NoReturn
 from . import config, logs
 from . import core as cores
 from ._version import __version__
-from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult, Progress
-from .server import (
+from .client import EchoClient, EchoError, EchoResult, Progress
+from .constants import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENTS,
-    DEFAULT_SIZE,
-    DEFAULT_WORKER_IDLE,
-    MODES,
-    EchoServer,
-)
-from .sockets import MAX_TIMEOUT
-from .units import (
     DEFAULT_PORT,
+    DEFAULT_SIZE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKER_IDLE,
     MAX_BYTES,
+    MAX_TIMEOUT,
+    MODES,
+)
+from .server import EchoServer
+from .units import (
     format_hostport,
     parse_hostport,
     parse_port,

@@ -11,43 +11,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import core as cores
+from .constants import (
+    DEFAULT_PORT,
+    DEFAULT_SIZE,
+    DEFAULT_TIMEOUT,
+    MAX_BYTES,
+    MAX_TIMEOUT,
+    MODES,
+    PING_SIZE,
+    PING_TIMEOUT,
+)
+from .contract import ClientSession
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
-from .server import DEFAULT_SIZE, MODES
-from .sockets import MAX_TIMEOUT, set_io_timeout, set_nodelay
-from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, peer_name
+from .sockets import set_io_timeout, set_nodelay
+from .units import format_hostport, peer_name
+from .verdict import describe_error, describe_failure, stall_hint
 
-DEFAULT_TIMEOUT = 10.0
 MIB = 1024 * 1024
-
-
-def describe_error(exc: OSError, timeout: float | None) -> str:
-    """One line for an error that ended a session's exchange."""
-    if isinstance(exc, TimeoutError):
-        if timeout is None:  # the kernel gave up (retransmissions, keepalive), not us
-            return "timed out waiting for the echo: the kernel gave up on the connection"
-        return f"timed out after {timeout:g} s waiting for the echo"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset by the server"
-    return f"connection failed: {exc.strerror or exc}"
-
-
-def size_mismatch_hint(exc: OSError, mode: str, size: int, session: Any) -> str:
-    """'; check --size' when a timeout may come from a server waiting for a whole message
-    of its own size (a mismatch always stalls the first message), else ''."""
-    if isinstance(exc, TimeoutError) and mode == "message" and session.messages == 0:
-        return f"; if the server runs in message mode, check that its --size is {size} bytes too"
-    return ""
-
-
-def describe_failure(session: Any) -> str:
-    """One line for a session whose run() found the echo not intact."""
-    if session.mismatch_offset >= 0:
-        return f"echo differs from what was sent at byte {session.mismatch_offset}"
-    if session.long_echo > 0:
-        return (f"long echo: after the last byte, {session.long_echo} more came back "
-                "that were never sent")
-    return "short echo: the server closed the connection early"
 
 
 class EchoError(Exception):
@@ -106,7 +87,7 @@ class Progress:
     mib_per_s: float
 
 
-def _report_progress(session: Any, expected: int, started: float, interval: float,
+def _report_progress(session: ClientSession, expected: int, started: float, interval: float,
                      done: threading.Event, on_progress: Callable[[Progress], None]) -> None:
     """Sample the session's counter every ``interval`` s until ``done``; the session's
     loop runs on without the GIL, so reading its counter costs it nothing."""
@@ -123,7 +104,7 @@ class EchoClient:
     """Connects to an echo server and checks that what it sends comes back.
 
     ``mode="message"`` sends ``count`` messages of ``size`` bytes, each one a
-    timed round trip on the same connection (the seed's protocol);
+    timed round trip on the same connection (the original exercise's protocol);
     ``mode="stream"`` sends ``size * count`` bytes as one stream while reading
     the echo.  The payload is a pseudo-random pattern from ``seed``, made and
     checked as it flows, so any size runs in constant memory.  ``timeout``
@@ -177,6 +158,17 @@ class EchoClient:
             raise EchoError(f"connection to {self.target} failed: {exc.strerror}") from None
         return sock
 
+    def _small_echo_passes(self) -> bool:
+        """Whether a ping-sized echo on a new connection comes back intact (in at most
+        a ping's timeout): tells large packets lost from every packet lost."""
+        timeout = min(self.timeout or PING_TIMEOUT, PING_TIMEOUT)
+        probe = EchoClient(self.host, self.port, size=PING_SIZE, timeout=timeout,
+                           seed=self.seed, core=self.core.NAME)
+        try:
+            return probe.run().intact
+        except EchoError:
+            return False
+
     def run(self, on_progress: Callable[[Progress], None] | None = None,
             interval: float = 1.0) -> EchoResult:
         """Connect, exchange the payload, verify it; see ``EchoResult.intact``.
@@ -209,7 +201,8 @@ class EchoClient:
             except OSError as exc:
                 intact = False
                 problem = describe_error(exc, self.timeout)
-                hint = size_mismatch_hint(exc, self.mode, self.size, session)
+                hint = stall_hint(exc, self.mode, self.size, session, sock,
+                                  self._small_echo_passes)
             finally:
                 done.set()
                 if reporter is not None:

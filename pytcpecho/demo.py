@@ -13,7 +13,8 @@ import sys
 import threading
 
 from .client import EchoClient, EchoError
-from .server import DEFAULT_SIZE, EchoServer
+from .constants import DEFAULT_SIZE
+from .server import EchoServer
 
 _print_lock = threading.Lock()
 

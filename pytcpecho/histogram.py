@@ -6,12 +6,10 @@ run of any length costs no Python object per message; this module reads it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-SUB_BITS = 6
-SUB = 1 << SUB_BITS
-NBUCKETS = SUB * 40
+from .constants import NBUCKETS, SUB, SUB_BITS
 
 
 def bucket_of(ns: int) -> int:
@@ -49,16 +47,6 @@ class LatencyStats:
     def as_dict(self) -> dict[str, float]:
         return {k: round(getattr(self, k), 4)
                 for k in ("min", "mean", "p50", "p90", "p99", "p999", "max")}
-
-
-def merge(histograms: Iterable[Sequence[int]]) -> list[int]:
-    """Sum histograms bucket by bucket."""
-    total = [0] * NBUCKETS
-    for counts in histograms:
-        for i, c in enumerate(counts):
-            if c:
-                total[i] += c
-    return total
 
 
 def summarize(counts: Sequence[int], min_ns: int, max_ns: int, sum_ns: int) -> LatencyStats:

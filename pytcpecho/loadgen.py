@@ -15,19 +15,29 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import core as cores
-from .client import describe_error, describe_failure, size_mismatch_hint
-from .histogram import NBUCKETS, LatencyStats, summarize
+from .constants import (
+    BENCH_CONNECTIONS,
+    BENCH_DURATION,
+    BENCH_INTERVAL,
+    BENCH_SIZE,
+    DEFAULT_TIMEOUT,
+    MAX_BYTES,
+    MODES,
+    NBUCKETS,
+)
+from .contract import ClientSession, ConnectEachSession, Core
+from .histogram import LatencyStats, summarize
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
-from .units import MAX_BYTES, format_hostport, format_size
+from .units import format_hostport, format_size, plural
+from .verdict import describe_error, describe_failure, stall_hint
 
 MIB = 1024 * 1024
-MODES = ("message", "stream")
 
 
 @dataclass(frozen=True)
@@ -36,16 +46,16 @@ class BenchConfig:
 
     host: str
     port: int
-    size: int = 102400
-    connections: int = 10
-    duration: float | None = 10.0
+    size: int = BENCH_SIZE
+    connections: int = BENCH_CONNECTIONS
+    duration: float | None = BENCH_DURATION
     count: int | None = None
     mode: str = "message"
     rate: float | None = None
     connect_each: bool = False
     core: str = "auto"
-    timeout: float = 10.0
-    interval: float = 1.0
+    timeout: float = DEFAULT_TIMEOUT
+    interval: float = BENCH_INTERVAL
     seed: int | None = None
 
     def check(self) -> None:
@@ -145,10 +155,22 @@ class NoConnection(Exception):
     """Not one connection could be made."""
 
 
+@dataclass(frozen=True)
+class Job:
+    """One connection's share of the run: its session, the socket it owns (None for
+    connect-each, whose loop opens its own), and its message count (0: the duration)."""
+
+    session: ClientSession
+    sock: socket.socket | None
+    count: int
+    each: ConnectEachSession | None = None
+
+
 class _Sample:
     """Counters of every session at one instant."""
 
-    def __init__(self, when: float, sessions: list[Any], stream_size: int = 0) -> None:
+    def __init__(self, when: float, sessions: Sequence[ClientSession],
+                 stream_size: int = 0) -> None:
         self.when = when
         self.bytes = sum(s.bytes_received for s in sessions)
         if stream_size:  # a stream counts its messages only at the end: derive them
@@ -165,7 +187,7 @@ class LoadGenerator:
     def __init__(self, config: BenchConfig) -> None:
         config.check()
         self.config = config
-        self.core = cores.load(config.core)
+        self.core: Core = cores.load(config.core)
         self.base = make_base(secrets.randbits(32) if config.seed is None else config.seed)
         self._lock = threading.Lock()
         self._errors = 0
@@ -196,7 +218,7 @@ class LoadGenerator:
             raise
         return sock
 
-    def _connect_each_session(self, family: int, sockaddr: Any) -> Any:
+    def _connect_each_session(self, family: int, sockaddr: Any) -> ConnectEachSession:
         c = self.config
         session = self.core.ConnectEachSession(-1, c.size, self.base, "message", c.timeout)
         host = sockaddr[0].split("%")[0]  # fe80::1%eth0: the scope is sockaddr[3]
@@ -222,22 +244,23 @@ class LoadGenerator:
 
     # -- running -----------------------------------------------------------------
 
-    def _drive(self, session: Any, sock: socket.socket | None, count: int) -> None:
+    def _drive(self, job: Job) -> None:
         c = self.config
         interval = c.connections / c.rate if c.rate else 0.0
         duration = c.duration or 0.0
+        session = job.session
         try:
-            if sock is None:
-                intact = session.run_each(count, interval, duration)
+            if job.each is not None:
+                intact = job.each.run_each(job.count, interval, duration)
             else:  # --rate needs message mode (check()): a stream's interval is 0
-                intact = session.run(count, interval, duration)
+                intact = session.run(job.count, interval, duration)
         except OSError as exc:
             self._fail(describe_error(exc, c.timeout)
-                       + size_mismatch_hint(exc, c.mode, c.size, session))
+                       + stall_hint(exc, c.mode, c.size, session, job.sock))
             return
         finally:
-            if sock is not None:
-                sock.close()
+            if job.sock is not None:
+                job.sock.close()
         if not intact:
             self._fail(describe_failure(session), integrity=True)
 
@@ -245,11 +268,12 @@ class LoadGenerator:
         """Connect everything, run, sample every interval; NoConnection if none connected."""
         c = self.config
         family, sockaddr = self._resolve()
-        jobs: list[tuple[Any, socket.socket | None, int]] = []
+        jobs: list[Job] = []
         first_error = ""
         for count in self._counts():
             if c.connect_each:
-                jobs.append((self._connect_each_session(family, sockaddr), None, count))
+                each = self._connect_each_session(family, sockaddr)
+                jobs.append(Job(each, None, count, each))
                 continue
             try:
                 sock = self._connect(family, sockaddr)
@@ -259,12 +283,13 @@ class LoadGenerator:
                 continue
             session = self.core.ClientSession(sock.fileno(), c.size, self.base, c.mode,
                                               c.timeout)
-            jobs.append((session, sock, count))
+            jobs.append(Job(session, sock, count))
         if not jobs:
             where = format_hostport(c.host, c.port)
             raise NoConnection(f"cannot connect to {where}: {first_error}")
-        sessions = [job[0] for job in jobs]
-        threads = [threading.Thread(target=self._drive, args=job, daemon=True, name=f"bench-{i}")
+        sessions = [job.session for job in jobs]
+        threads = [threading.Thread(target=self._drive, args=(job,), daemon=True,
+                                    name=f"bench-{i}")
                    for i, job in enumerate(jobs)]
         started = time.monotonic()
         for t in threads:
@@ -295,10 +320,11 @@ class LoadGenerator:
                 t.join(max(0.0, give_up - time.monotonic()))
             raise
         elapsed = time.monotonic() - started
-        if c.connect_each and all(getattr(s, "connections", 0) == 0 for s in sessions):
+        opened = sum(job.each.connections if job.each is not None else 1 for job in jobs)
+        if c.connect_each and opened == 0:
             raise NoConnection(f"cannot connect to {format_hostport(c.host, c.port)}: "
                                f"{'; '.join(self._problems[:1])}")
-        return self._result(sessions, elapsed, intervals)
+        return self._result(sessions, opened, elapsed, intervals)
 
     @staticmethod
     def _interval(started: float, a: _Sample, b: _Sample) -> Interval:
@@ -307,15 +333,13 @@ class LoadGenerator:
         return Interval(a.when - started, b.when - started, b.messages - a.messages,
                         b.bytes - a.bytes, lat.p50, lat.p99)
 
-    def _result(self, sessions: list[Any], elapsed: float,
+    def _result(self, sessions: list[ClientSession], opened: int, elapsed: float,
                 intervals: list[Interval]) -> BenchResult:
         final = _Sample(time.monotonic(), sessions, self._stream_size)
         timed = [s for s in sessions if s.latency_min_ns >= 0]
         lat = summarize(final.hist, min((s.latency_min_ns for s in timed), default=0),
                         max((s.latency_max_ns for s in timed), default=0),
                         sum(s.latency_sum_ns for s in timed))
-        opened = sum(getattr(s, "connections", 1) for s in sessions) if self.config.connect_each \
-            else len(sessions)
         return BenchResult(self.config, self.core.NAME, elapsed, final.messages,
                            sum(s.bytes_sent for s in sessions), final.bytes, opened,
                            self._errors, self._integrity, lat, intervals, self._problems)
@@ -330,7 +354,7 @@ def header(config: BenchConfig, core: str) -> str:
     extra = ", connect per message" if c.connect_each else ""
     extra += f", open loop at {c.rate:g} msg/s" if c.rate else ""
     return (f"Benchmarking {format_hostport(c.host, c.port)}: {c.connections} connection"
-            f"{'' if c.connections == 1 else 's'}, {format_size(c.size)} {what}, {how}, "
+            f"{plural(c.connections)}, {format_size(c.size)} {what}, {how}, "
             f"core {core}{extra}")
 
 

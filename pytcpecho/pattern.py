@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import random
 
-BLOCK_SHIFT = 16
-BLOCK = 1 << BLOCK_SHIFT
-HEADER = 8
+from .constants import BLOCK, HEADER
 
 
 def make_base(seed: int) -> bytes:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import selectors
 import socket
 import sys
@@ -23,29 +24,36 @@ from types import TracebackType
 from typing import Any
 
 from . import core as cores
-from .sockets import MAX_TIMEOUT, listen_address, make_blocking, set_io_timeout, set_nodelay
-from .units import DEFAULT_PORT, MAX_BYTES, format_hostport, format_size, peer_name
+from .constants import (
+    CHUNK,
+    DEFAULT_BACKLOG,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_PORT,
+    DEFAULT_SIZE,
+    DEFAULT_WORKER_IDLE,
+    MAX_BYTES,
+    MAX_MESSAGE_SIZE,
+    MAX_TIMEOUT,
+    MODES,
+)
+from .contract import ServerSession
+from .sockets import listen_address, set_io_timeout, set_nodelay
+from .units import format_hostport, format_size, peer_name
 from .workers import Workers
 
 log = logging.getLogger("pytcpecho.server")
 conn_log = logging.getLogger("pytcpecho.conn")
 
-DEFAULT_SIZE = 102400
-DEFAULT_MAX_CLIENTS = 1024
-DEFAULT_IDLE_TIMEOUT = 60.0
-DEFAULT_WORKER_IDLE = 30.0
-# Each connection holds one message buffer of ``size`` bytes, so the worst case
-# is max_clients * size resident: 64 MiB keeps one message well above any real
-# MTU-sized or seed-sized (100 KiB) test while 1024 of them still fit in 64 GiB
-# of address space that the kernel only commits as clients fill it.
-MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-MODES = ("stream", "message")
 # accept(2) on Linux: errors of the new connection itself, to be retried like EAGAIN.
 _RETRY_ACCEPT = frozenset({errno.ENETDOWN, errno.EPROTO, errno.ENOPROTOOPT, errno.EHOSTDOWN,
                            errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP,
                            errno.ENETUNREACH, errno.ECONNABORTED, errno.EPERM})
 # Out of fds or memory: the connection stays in the backlog until some are freed.
 _PAUSE_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# socket.accept() without the socket object it wraps around the new fd: CPython's own
+# primitive under accept(), which no public name exposes (typeshed omits it).
+_accept_fd: Callable[[socket.socket], tuple[int, Any]] = socket.socket._accept  # type: ignore[attr-defined]
 ACCEPT_PAUSE = 0.1
 LOG_EVERY = 5.0  # seconds between two log lines about the same recurring condition
 
@@ -101,13 +109,16 @@ class EchoServer:
     """A TCP echo server, one thread per connected client.
 
     ``mode="stream"`` echoes bytes as they come (RFC 862); ``mode="message"``
-    reads ``size`` bytes, sends them back and repeats (the seed's protocol).
+    reads ``size`` bytes, sends them back and repeats (the original exercise's
+    protocol).
     Limits: at most ``max_clients`` connections at once (the rest wait in the
     kernel's backlog), ``idle_timeout`` seconds without progress ends a
     connection, ``max_bytes`` (0: no limit) caps what one connection may send,
     ``allow``/``deny`` filter peers by network.  ``size`` is at most
     MAX_MESSAGE_SIZE.  A connection thread waits ``worker_idle`` seconds for
-    the next client before it exits.  Each limit logs a line when it acts.
+    the next client before it exits, keeping its session (and buffer) for that
+    client.  Each limit logs a line when it acts.  A constructor that fails
+    closes whatever it had opened, as ``socketserver`` does.
     """
 
     def __init__(
@@ -122,7 +133,7 @@ class EchoServer:
         max_bytes: int = 0,
         allow: Iterable[str | Network] = (),
         deny: Iterable[str | Network] = (),
-        backlog: int = 1024,
+        backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
         worker_idle: float = DEFAULT_WORKER_IDLE,
     ) -> None:
@@ -146,7 +157,7 @@ class EchoServer:
         self.mode = mode
         self.size = size
         self.core = cores.load(core)
-        if mode not in getattr(self.core, "MODES", MODES):
+        if mode not in self.core.MODES:
             raise ValueError(f"the {self.core.NAME} core serves {' and '.join(self.core.MODES)} "
                              f"mode only, not {mode!r}")
         self.max_clients = max_clients
@@ -155,24 +166,35 @@ class EchoServer:
         self.allow = _networks(allow)
         self.deny = _networks(deny)
 
-        self._listener = _bind(address[0], address[1], backlog, reuse_port)
         # Linux hands an accepted socket the listener's SO_RCVTIMEO, SO_SNDTIMEO
         # and TCP_NODELAY (and a blocking fd): set them once, not per client.
         self._inherits_options = sys.platform.startswith("linux")
-        if self._inherits_options:
-            set_io_timeout(self._listener, idle_timeout)
-            set_nodelay(self._listener)
-        self._listener.setblocking(False)
-        self._dualstack = (self._listener.family == socket.AF_INET6
-                           and not self._listener.getsockopt(socket.IPPROTO_IPV6,
-                                                             socket.IPV6_V6ONLY))
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._listener = _bind(address[0], address[1], backlog, reuse_port)
+        try:
+            if self._inherits_options:
+                set_io_timeout(self._listener, idle_timeout)
+                set_nodelay(self._listener)
+            self._listener.setblocking(False)
+            self._dualstack = (self._listener.family == socket.AF_INET6
+                               and not self._listener.getsockopt(socket.IPPROTO_IPV6,
+                                                                 socket.IPV6_V6ONLY))
+            self._wake_r, self._wake_w = socket.socketpair()
+        except BaseException:
+            self._listener.close()
+            raise
+        try:
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+        except BaseException:
+            for sock in (self._wake_r, self._wake_w, self._listener):
+                sock.close()
+            raise
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._conns: dict[socket.socket, Any] = {}  # connection -> its core session
+        # connection fd -> its session (None until its thread has taken it up)
+        self._conns: dict[int, ServerSession | None] = {}
+        self._sessions = threading.local()  # each connection thread's reusable session
         self._total = self._refused = self._errors = self._timed_out = self._over_limit = 0
         self._done_in = self._done_out = 0
         self._log_full = _Throttled()
@@ -181,7 +203,7 @@ class EchoServer:
                                 max_threads=max_clients)
         self._stop_request = False
         self._closing = False
-        self._cut: set[socket.socket] = set()  # connections close() shut down
+        self._cut: set[int] = set()  # connections close() shut down
         self._closed = False
         self._serve_done = threading.Event()
         self._serve_done.set()
@@ -267,10 +289,10 @@ class EchoServer:
         self._listener.close()
         with self._lock:
             self._cut.update(self._conns)
-            for conn in self._conns:
-                # Wakes the core's blocked recv()/send(); the owner thread closes the fd.
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+            for fd in self._conns:
+                # Wakes the core's blocked recv()/send(); the owner thread closes the fd
+                # (after it left _conns, under this lock: the number is still this socket).
+                _shutdown_fd(fd)
         self._workers.close(timeout)
         self._wake_r.close()
         self._wake_w.close()
@@ -319,8 +341,7 @@ class EchoServer:
         return True
 
     def _active(self) -> int:
-        with self._lock:
-            return len(self._conns)
+        return len(self._conns)  # one atomic read: the lock would add nothing
 
     # -- accepting ----------------------------------------------------------
 
@@ -336,10 +357,14 @@ class EchoServer:
             pass
 
     def _accept_ready(self) -> None:
-        """Accept what the backlog holds, up to the client limit."""
+        """Accept what the backlog holds, up to the client limit.
+
+        Each connection is a bare fd from here to its close: no Python socket
+        object is made for it, since the core's loop needs only the number.
+        """
         while self._active() < self.max_clients:
             try:
-                conn, addr = self._listener.accept()
+                fd, addr = _accept_fd(self._listener)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -353,7 +378,7 @@ class EchoServer:
                                        exc.strerror or exc, ACCEPT_PAUSE)
                 time.sleep(ACCEPT_PAUSE)
                 return
-            self._admit(conn, peer_name(addr))
+            self._admit(fd, peer_name(addr))
 
     def _permitted(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip.split("%")[0])
@@ -361,72 +386,80 @@ class EchoServer:
             return False
         return not self.allow or any(addr in net for net in self.allow)
 
-    def _admit(self, conn: socket.socket, peer: Peer) -> None:
+    def _admit(self, fd: int, peer: Peer) -> None:
         if (self.allow or self.deny) and not self._permitted(peer[0]):
             conn_log.warning("Refused client at %r (not allowed)", peer)
-            conn.close()
+            os.close(fd)
             with self._lock:
                 self._refused += 1
             return
-        make_blocking(conn)  # even where it inherits the listener's options
         if not self._inherits_options:
             try:
-                set_io_timeout(conn, self.idle_timeout)
-                set_nodelay(conn)
+                _set_up(fd, self.idle_timeout)
             except OSError:  # the client is already gone
-                conn.close()
+                os.close(fd)
                 return
         with self._changed:
-            self._conns[conn] = None
+            self._conns[fd] = None
             self._total += 1
             self._changed.notify_all()
         try:
-            self._workers.submit(conn, peer)
+            self._workers.submit(fd, peer)
         except RuntimeError as exc:  # no thread to be had (or closing): drop this client
-            conn.close()
             with self._changed:
-                del self._conns[conn]
+                del self._conns[fd]
                 self._errors += 1
                 self._changed.notify_all()
+            os.close(fd)
             self._log_accept_error(conn_log, logging.WARNING,
                                    "Dropped client at %r: cannot start a thread: %s", peer, exc)
 
     # -- serving one client -------------------------------------------------
 
-    def _serve_client(self, conn: socket.socket, peer: Peer) -> None:
+    def _session(self) -> ServerSession:
+        """This thread's session: made for its first client, reused for every next one."""
+        session: ServerSession | None = getattr(self._sessions, "session", None)
+        if session is None:
+            on_message = _report_message if conn_log.isEnabledFor(logging.INFO) else None
+            session = self.core.EchoSession(-1, self.mode, self.size, self.max_bytes,
+                                            on_message)
+            self._sessions.session = session
+        return session
+
+    def _serve_client(self, fd: int, peer: Peer) -> None:
         session = None
         try:
-            on_message = _report_message if conn_log.isEnabledFor(logging.INFO) else None
-            session = self.core.EchoSession(conn.fileno(), self.mode, self.size,
-                                            self.max_bytes, on_message)
+            session = self._session()
+            session.attach(fd)
             with self._lock:
-                self._conns[conn] = session
+                self._conns[fd] = session
             conn_log.info("Connected by client at %r", peer)
             ended = session.run()
-            self._log_end(peer, session, ended, conn in self._cut)
+            self._log_end(peer, session, ended, fd in self._cut)
         except OSError as exc:
-            self._log_failure(peer, session, exc, conn in self._cut)
+            self._log_failure(peer, session, exc, fd in self._cut)
         except MemoryError:  # e.g. a message size larger than this machine can hold
             self._count_error()
             conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
-                             format_size(self.size if self.mode == "message" else 256 * 1024))
+                             format_size(self.size if self.mode == "message" else CHUNK))
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
             conn_log.exception("Connection with %r failed", peer)
         finally:
-            conn.close()
             with self._changed:
-                del self._conns[conn]
-                self._cut.discard(conn)
+                del self._conns[fd]
+                self._cut.discard(fd)
                 if session is not None:
                     self._done_in += session.bytes_in
                     self._done_out += session.bytes_out
                 was_full = len(self._conns) + 1 >= self.max_clients
                 self._changed.notify_all()
+            os.close(fd)  # only now: close() shuts down what is in _conns, by number
             if was_full:
                 self._wake()  # serve_forever may accept again
 
-    def _log_failure(self, peer: Peer, session: Any, exc: OSError, cut: bool) -> None:
+    def _log_failure(self, peer: Peer, session: ServerSession | None, exc: OSError,
+                     cut: bool) -> None:
         if cut:  # close() cut it short: not the client's doing
             conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
@@ -441,7 +474,7 @@ class EchoServer:
             self._count_error()
             conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
 
-    def _log_end(self, peer: Peer, session: Any, ended: str, cut: bool) -> None:
+    def _log_end(self, peer: Peer, session: ServerSession, ended: str, cut: bool) -> None:
         if ended == "limit":
             with self._lock:
                 self._over_limit += 1
@@ -460,10 +493,31 @@ class EchoServer:
 
 
 def _report_message(n: int) -> None:
-    """Per-message lines, in the seed's words (needs the GIL: -q skips it)."""
+    """Per-message lines, in the original exercise's words (needs the GIL: -q skips it)."""
     conn_log.info("Received %d bytes", n)
     conn_log.info("Data sent back to client")
 
 
-def _echoed(session: Any) -> str:
+def _echoed(session: ServerSession | None) -> str:
     return f", {session.bytes_out} bytes echoed" if session is not None else ""
+
+
+def _shutdown_fd(fd: int) -> None:
+    """shutdown(SHUT_RDWR) on a bare connection fd, which stays open."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.detach()
+
+
+def _set_up(fd: int, idle_timeout: float | None) -> None:
+    """Blocking, SO_RCVTIMEO/SO_SNDTIMEO and TCP_NODELAY on an accepted fd, where
+    it does not inherit them from the listener (outside Linux)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        set_io_timeout(sock, idle_timeout)
+        set_nodelay(sock)
+    finally:
+        sock.detach()

@@ -6,9 +6,7 @@ import socket
 import struct
 from typing import Any
 
-MAX_TIMEOUT = 1_000_000.0
-"""Longest timeout in seconds (11.5 days): longer ones overflow the platform's timers
-(time_t in settimeout(), poll()'s int milliseconds, lock waits)."""
+from .constants import MAX_TIMEOUT as MAX_TIMEOUT  # TRANSITION: callers move to constants
 
 
 def make_blocking(sock: socket.socket) -> None:

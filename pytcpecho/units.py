@@ -6,10 +6,7 @@ import ipaddress
 import re
 from fractions import Fraction
 
-DEFAULT_PORT = 8000
-# The most one run may move (sizes, counts, size x count): 1 EiB, more than any
-# link carries in a lifetime, and far below where 64-bit stream offsets overflow.
-MAX_BYTES = 1 << 60
+from .constants import DEFAULT_PORT, MAX_BYTES
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE | re.ASCII)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}

@@ -1,0 +1,166 @@
+"""The core contract: what a core module and its sessions must provide.
+
+A core is a module with a ``NAME``, the ``MODES`` its server loop echoes, and
+three session classes: ``EchoSession`` (one server connection at a time),
+``ClientSession`` (send, read back, verify, time) and ``ConnectEachSession``
+(a new connection per message).  The Cython core (``csrc/_core.pyx``, typed
+by ``pytcpecho/_core.pyi``), the pure-Python core and the splice core all
+implement it; mypy checks each caller against these protocols, and
+``check_core`` checks a module at run time, so a missing name fails at
+import, not in the middle of a connection.
+
+Every session's loop runs on a raw, blocking fd that the caller owns: a
+session never closes it.  Timeouts are the fd's SO_RCVTIMEO/SO_SNDTIMEO (server)
+or the session's own (client); an expired one raises TimeoutError, other
+failures OSError, and a Python signal handler that raises interrupts ``run()``
+with its exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+
+class ServerSession(Protocol):
+    """One server connection's echo loop; reusable, one connection after another."""
+
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def messages(self) -> int: ...
+
+    def attach(self, fd: int) -> None:
+        """Serve the connection on ``fd`` next: counters back to zero, buffer kept."""
+
+    def run(self) -> str:
+        """Echo until the client closes ("eof") or sends more than max_bytes ("limit")."""
+        ...
+
+
+class ServerSessionClass(Protocol):
+    def __call__(self, fd: int, mode: str = ..., size: int = ..., max_bytes: int = ...,
+                 on_message: Callable[[int], object] | None = ...,
+                 bufsize: int = ...) -> ServerSession: ...
+
+
+class ClientSession(Protocol):
+    """The client's loop on one connection: see the Cython core's ClientSession."""
+
+    @property
+    def bytes_sent(self) -> int: ...
+    @property
+    def bytes_received(self) -> int: ...
+    @property
+    def messages(self) -> int: ...
+    @property
+    def mismatch_offset(self) -> int: ...
+    @property
+    def short_echo(self) -> bool: ...
+    @property
+    def long_echo(self) -> int: ...
+    @property
+    def latency_min_ns(self) -> int: ...
+    @property
+    def latency_max_ns(self) -> int: ...
+    @property
+    def latency_sum_ns(self) -> int: ...
+
+    def stop(self) -> None:
+        """Ask run() to finish after the message in flight (safe from any thread)."""
+
+    def histogram(self) -> list[int]:
+        """The latency histogram's counts, one per bucket (constants.NBUCKETS)."""
+        ...
+
+    def run(self, count: int, interval: float = ..., duration: float = ...,
+            finish: bool = ...) -> bool:
+        """Exchange ``count`` messages (0: until ``duration`` or stop()); True if intact."""
+        ...
+
+
+class ClientSessionClass(Protocol):
+    def __call__(self, fd: int, size: int, base: bytes, mode: str = ...,
+                 timeout: float | None = ...) -> ClientSession: ...
+
+
+class ConnectEachSession(ClientSession, Protocol):
+    """The connect-per-message loop: construct with fd=-1, target(), run_each()."""
+
+    @property
+    def connections(self) -> int: ...
+
+    def target(self, packed: bytes, port: int, scope_id: int = ...) -> None:
+        """The server: packed IPv4 or IPv6 address, port, link-local scope id."""
+
+    def run_each(self, count: int, interval: float = ..., duration: float = ...) -> bool:
+        """``count`` connections (0: until ``duration`` or stop()); True if all intact."""
+        ...
+
+
+class ConnectEachSessionClass(Protocol):
+    def __call__(self, fd: int, size: int, base: bytes, mode: str = ...,
+                 timeout: float | None = ...) -> ConnectEachSession: ...
+
+
+class Core(Protocol):
+    """A core module."""
+
+    @property
+    def NAME(self) -> str: ...
+    @property
+    def MODES(self) -> tuple[str, ...]: ...
+    @property
+    def EchoSession(self) -> ServerSessionClass: ...
+    @property
+    def ClientSession(self) -> ClientSessionClass: ...
+    @property
+    def ConnectEachSession(self) -> ConnectEachSessionClass: ...
+
+
+class ContractError(ImportError):
+    """A core module lacks part of the contract."""
+
+
+def members(protocol: type) -> list[str]:
+    """The public names a protocol requires, its bases' included, in definition order."""
+    names: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if cls is object or cls.__name__ in ("Protocol", "Generic"):
+            continue
+        names += [n for n in vars(cls) if not n.startswith("_") and n not in names]
+    return names
+
+
+SESSIONS: dict[str, type] = {
+    "EchoSession": ServerSession,
+    "ClientSession": ClientSession,
+    "ConnectEachSession": ConnectEachSession,
+}
+
+
+def missing(module: object) -> list[str]:
+    """Every name of the contract that ``module`` lacks, as 'Class.member' for a session's."""
+    absent = [name for name in members(Core) if not hasattr(module, name)]
+    for name, protocol in SESSIONS.items():
+        cls = getattr(module, name, None)
+        if cls is not None:
+            absent += [f"{name}.{m}" for m in members(protocol) if not _has(cls, m)]
+    return absent
+
+
+def _has(cls: type, name: str) -> bool:
+    """A class attribute or method, or an instance attribute the class declares."""
+    return hasattr(cls, name) or any(name in vars(k).get("__annotations__", {})
+                                     for k in cls.__mro__)
+
+
+def check_core(module: Core, label: str) -> Core:
+    """``module``, once checked: ContractError, one line naming what is missing, if it
+    is not a whole core (mypy checks the same statically; this catches a stale build)."""
+    if absent := missing(module):
+        raise ContractError(f"the {label} core does not implement the core contract: "
+                            f"missing {', '.join(absent)}")
+    return module

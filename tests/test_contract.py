@@ -1,0 +1,97 @@
+"""The core contract: every core present provides every name, and a core that does not
+fails at import in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+from support import require
+
+from pytcpecho import _pycore, constants, contract
+from pytcpecho import core as cores
+
+
+def _present() -> list[str]:
+    names = ["python"]
+    if cores.cython_available():
+        names.append("cython")
+    if cores.splice_available():
+        names.append("splice")
+    return names
+
+
+def test_every_core_is_expected_here() -> None:
+    """In CI the compiled core and the splice core must be among those checked."""
+    present = _present()
+    require(None if "cython" in present else "the Cython core is not built here",
+            "the Cython core did not build, and CI must check it against the contract")
+    require(None if "splice" in present else "the splice core cannot run here",
+            "the splice core must be checked against the contract in CI")
+
+
+@pytest.mark.parametrize("name", ["python", "cython", "splice"])
+def test_core_provides_the_whole_contract(name: str) -> None:
+    if name not in _present():
+        require(f"the {name} core is not available here")
+    module = cores.load(name)
+    assert contract.missing(module) == []
+    assert set(module.MODES) <= set(constants.MODES)
+    assert name == module.NAME
+
+
+def test_contract_names_what_a_session_must_have() -> None:
+    """The runtime check reads the same protocols mypy checks against."""
+    assert contract.members(contract.Core) == [
+        "NAME", "MODES", "EchoSession", "ClientSession", "ConnectEachSession"]
+    assert {"attach", "run", "bytes_in", "bytes_out", "messages"} == set(
+        contract.members(contract.ServerSession))
+    each = contract.members(contract.ConnectEachSession)
+    assert {"run", "stop", "histogram", "mismatch_offset", "target", "run_each",
+            "connections"} <= set(each)
+
+
+def test_a_core_missing_a_name_is_refused() -> None:
+    partial = types.ModuleType("partial")
+    for name in ("NAME", "MODES", "ClientSession", "ConnectEachSession"):
+        setattr(partial, name, getattr(_pycore, name))
+
+    class NoAttach:  # an EchoSession without attach()
+        bytes_in = bytes_out = messages = 0
+
+        def run(self) -> str:
+            return "eof"
+
+    partial.EchoSession = NoAttach
+    assert contract.missing(partial) == ["EchoSession.attach"]
+    del partial.ConnectEachSession
+    with pytest.raises(contract.ContractError,
+                       match=r"^the test core does not implement the core contract: missing "
+                             r"ConnectEachSession, EchoSession\.attach$"):
+        contract.check_core(partial, "test")
+
+
+def test_a_stale_build_fails_at_import_in_one_line() -> None:
+    """A compiled core without a name of the contract stops the package's import with one
+    line that says what is missing, not an AttributeError in the middle of a connection."""
+    code = textwrap.dedent("""
+        import sys, types
+        stale = types.ModuleType("pytcpecho._core")
+        stale.NAME, stale.MODES = "cython", ("stream", "message")
+        sys.modules["pytcpecho._core"] = stale
+        try:
+            import pytcpecho
+        except ImportError as exc:
+            print(type(exc).__name__, exc)
+        else:
+            print("imported")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("ContractError the cython core does not implement the core "
+                                  "contract: missing EchoSession, ClientSession, "
+                                  "ConnectEachSession")
