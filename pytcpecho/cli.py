@@ -228,18 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
         where = format_hostport(args.host or "*", args.port)
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
-    failed = threading.Event()
-
-    def serve() -> None:
-        try:
-            server.serve_forever()
-        except Exception:
-            log.exception("The accept loop failed: shutting down")
-            failed.set()  # exit 1, so a supervisor that restarts on failure does
-        stop.set()  # a loop that ended by itself must not leave main waiting
-
-    serving = threading.Thread(target=serve, name="pytcpecho-accept")
-    serving.start()
+    server.start()  # the connection threads accept: no thread waits for this one
     stop.wait()
     server.shutdown()  # stop accepting before anything else
     active = server.stats.active
@@ -249,7 +238,6 @@ def _serve(args: argparse.Namespace) -> int:
         left = server.stats.active
         log.warning("Grace period over: closing %d connection%s", left, plural(left))
     server.close(timeout=CLOSE_TIMEOUT)
-    serving.join()
     s = server.stats
     log.info("Served %d connection%s, echoed %d bytes, %d error%s "
              "(%d idle timeouts, %d over --max-bytes, %d refused)",
@@ -257,7 +245,7 @@ def _serve(args: argparse.Namespace) -> int:
              s.timed_out, s.over_limit, s.refused)
     if args.report_stats:  # a worker of serve --workers: its supervisor sums these
         args.report_stats(s)
-    return EXIT_SERVER_FAILED if failed.is_set() else EXIT_OK
+    return EXIT_OK
 
 
 # -- client and ping ------------------------------------------------------------

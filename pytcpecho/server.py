@@ -4,6 +4,14 @@ The life cycle follows ``socketserver``: ``serve_forever()`` in one thread,
 ``shutdown()`` from another, ``close()`` to release everything, or a ``with``
 block.  Each connection runs the core's echo loop, which holds no GIL from the
 first byte to the last; Python only accepts, logs and keeps the books.
+
+Connection threads accept for themselves (leader/followers): a thread waiting
+for a client sleeps in epoll on the listener, and one new client wakes one
+waiting thread, which accepts it and serves it at once, with no hand-over to
+another thread and no GIL to pass.  A thread that took the last waiting place
+starts another, up to ``max_clients``; past that, clients wait in the backlog
+until a thread is free.  Each thread keeps its session (and buffer) from one
+client to the next.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import errno
 import ipaddress
 import logging
 import os
-import selectors
+import select
 import socket
 import sys
 import threading
@@ -40,7 +48,6 @@ from .constants import (
 from .contract import ServerSession
 from .sockets import listen_address, set_io_timeout, set_nodelay
 from .units import format_hostport, format_size, peer_name
-from .workers import Workers
 
 log = logging.getLogger("pytcpecho.server")
 conn_log = logging.getLogger("pytcpecho.conn")
@@ -185,6 +192,7 @@ class EchoServer:
         try:
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
+            self._doorbell = _Doorbell(self._listener, self._wake_r)
         except BaseException:
             for sock in (self._wake_r, self._wake_w, self._listener):
                 sock.close()
@@ -194,14 +202,15 @@ class EchoServer:
         self._changed = threading.Condition(self._lock)
         # connection fd -> its session (None until its thread has taken it up)
         self._conns: dict[int, ServerSession | None] = {}
-        self._sessions = threading.local()  # each connection thread's reusable session
         self._total = self._refused = self._errors = self._timed_out = self._over_limit = 0
         self._done_in = self._done_out = 0
         self._log_full = _Throttled()
         self._log_accept_error = _Throttled()
-        self._workers = Workers(self._serve_client, idle_seconds=worker_idle,
-                                max_threads=max_clients)
-        self._stop_request = False
+        self._worker_idle = worker_idle
+        self._threads: set[threading.Thread] = set()
+        self._waiting = 0  # threads waiting for a client
+        self._accepting = False  # serve_forever() runs and has not been asked to stop
+        self._stop_request = threading.Event()
         self._closing = False
         self._cut: set[int] = set()  # connections close() shut down
         self._closed = False
@@ -222,31 +231,32 @@ class EchoServer:
             if self._closing:  # close() came first: nothing to serve
                 return
             self._serve_done.clear()
+            self._stop_request.clear()
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self._wake_r, selectors.EVENT_READ)
-                self._log_start()  # only now: the line means ready, every fd in place
-                accepting = False
-                while not self._stop_request:
-                    want = self._active() < self.max_clients
-                    if want != accepting:
-                        if want:
-                            selector.register(self._listener, selectors.EVENT_READ)
-                        else:
-                            selector.unregister(self._listener)
-                            self._log_full(log, logging.WARNING,
-                                           "At the limit of %d clients: not accepting until "
-                                           "one leaves (the rest wait in the backlog)",
-                                           self.max_clients)
-                        accepting = want
-                    for key, _ in selector.select():
-                        if key.fileobj is self._wake_r:
-                            self._drain_wakeups()
-                        elif not self._stop_request:
-                            self._accept_ready()
+            self.start()
+            self._stop_request.wait()
         finally:
-            self._stop_request = False
+            self._stop_accepting()
             self._serve_done.set()
+
+    def start(self) -> None:
+        """Accept clients from now on, in the connection threads, and return at once:
+        serve_forever() without a thread of its own to wait in; shutdown() stops it."""
+        with self._lock:
+            if self._closing or self._accepting:
+                return
+            self._drain_wakeups()  # from an earlier shutdown()
+            self._doorbell.rearm()  # a thread that left with the last ring took it along
+            self._accepting = True
+        self._start_thread()
+        self._log_start()  # only now: the line means ready, a thread waits for clients
+
+    def _stop_accepting(self) -> None:
+        """No more clients: every waiting thread leaves (busy ones after their client)."""
+        with self._changed:
+            self._accepting = False
+            self._wake()
+            self._changed.wait_for(lambda: self._waiting == 0)
 
     def _log_start(self) -> None:
         host, port = self.address
@@ -258,10 +268,11 @@ class EchoServer:
                   self.max_bytes or "off")
 
     def shutdown(self) -> None:
-        """Stop serve_forever() and wait until it has returned; connections go on."""
-        self._stop_request = True
-        self._wake()
+        """Stop serve_forever() (or start()) and wait until it has returned; connections
+        go on."""
+        self._stop_request.set()
         self._serve_done.wait()
+        self._stop_accepting()
 
     def drain(self, grace: float) -> bool:
         """Stop accepting, then let connections finish for up to ``grace`` seconds.
@@ -283,9 +294,9 @@ class EchoServer:
             return
         with self._lock:
             self._closing = True  # a serve_forever() not yet started will not start
-        self._stop_request = True
-        self._wake()
+        self._stop_request.set()
         self._serve_done.wait()
+        self._stop_accepting()
         self._listener.close()
         with self._lock:
             self._cut.update(self._conns)
@@ -293,7 +304,12 @@ class EchoServer:
                 # Wakes the core's blocked recv()/send(); the owner thread closes the fd
                 # (after it left _conns, under this lock: the number is still this socket).
                 _shutdown_fd(fd)
-        self._workers.close(timeout)
+        with self._lock:
+            threads = list(self._threads)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._doorbell.close()
         self._wake_r.close()
         self._wake_w.close()
         self._closed = True
@@ -326,7 +342,8 @@ class EchoServer:
     @property
     def threads(self) -> int:
         """Connection threads alive now (busy or waiting for the next client)."""
-        return self._workers.count
+        with self._lock:
+            return len(self._threads)
 
     def wait(self, predicate: Callable[[ServerStats], bool], timeout: float) -> bool:
         """Block until ``predicate(stats)`` holds (re-checked as connections come
@@ -339,9 +356,6 @@ class EchoServer:
             with self._changed:  # byte counters change unannounced: look again soon
                 self._changed.wait(min(left, 0.05))
         return True
-
-    def _active(self) -> int:
-        return len(self._conns)  # one atomic read: the lock would add nothing
 
     # -- accepting ----------------------------------------------------------
 
@@ -356,18 +370,74 @@ class EchoServer:
         except OSError:
             pass
 
-    def _accept_ready(self) -> None:
-        """Accept what the backlog holds, up to the client limit.
+    def _start_thread(self) -> None:
+        """One more connection thread, unless a thread already waits or the limit is reached."""
+        with self._lock:
+            if not self._accepting or self._waiting or len(self._threads) >= self.max_clients:
+                return
+            thread = threading.Thread(target=self._connection_thread, name="pytcpecho-conn",
+                                      daemon=True)
+            self._threads.add(thread)
+            self._waiting += 1  # counted now, so no second thread is started for it
+        try:
+            thread.start()
+        except RuntimeError as exc:  # out of threads or memory: the backlog holds the clients
+            with self._changed:
+                self._threads.discard(thread)
+                self._waiting -= 1
+                self._errors += 1
+                self._changed.notify_all()
+            self._log_accept_error(log, logging.WARNING,
+                                   "Cannot start a connection thread: %s", exc)
 
-        Each connection is a bare fd from here to its close: no Python socket
-        object is made for it, since the core's loop needs only the number.
-        """
-        while self._active() < self.max_clients:
+    def _connection_thread(self) -> None:
+        """Wait for a client, serve it, again; leave when serving stops or after
+        worker_idle seconds of waiting while another thread waits too."""
+        session: ServerSession | None = None
+        try:
+            waiting = True  # _start_thread counted this thread as waiting
+            while True:
+                client = self._next_client(waiting)
+                waiting = False
+                if client is None:
+                    return
+                fd, peer = client
+                self._start_thread()  # if this was the last waiting thread
+                if session is None:
+                    session = self._new_session(fd, peer)
+                if session is not None:
+                    self._serve_client(session, fd, peer)
+                else:
+                    self._finish(fd, None)
+        finally:
+            with self._changed:
+                self._threads.discard(threading.current_thread())
+                self._changed.notify_all()
+
+    def _next_client(self, counted: bool) -> tuple[int, Peer] | None:
+        """The next client (an accepted fd, admitted and counted), or None: leave."""
+        with self._changed:
+            if not counted:
+                self._waiting += 1
+            if not self._accepting:
+                self._waiting -= 1
+                self._changed.notify_all()
+                return None
+        since = time.monotonic()
+        while True:
+            # Only a thread the doorbell woke accepts: one that comes back from a client
+            # and tried accept() at once would race the thread already woken for it.
+            if not self._wait(since):
+                return None
             try:
                 fd, addr = _accept_fd(self._listener)
             except BlockingIOError:
-                return
+                self._doorbell.rearm()
+                continue
             except OSError as exc:
+                self._doorbell.rearm()
+                if not self._accepting:  # the listener was closed under us
+                    return self._leave()
                 if exc.errno in _RETRY_ACCEPT:
                     continue
                 # Out of fds (EMFILE) or memory, or unforeseen: never die, never spin.
@@ -377,8 +447,30 @@ class EchoServer:
                                        "Cannot accept: %s; pausing for %g s",
                                        exc.strerror or exc, ACCEPT_PAUSE)
                 time.sleep(ACCEPT_PAUSE)
-                return
-            self._admit(fd, peer_name(addr))
+                continue
+            self._doorbell.rearm()  # more clients waiting wake the next thread now
+            peer = peer_name(addr)
+            if self._admit(fd, peer):
+                return fd, peer
+
+    def _wait(self, since: float) -> bool:
+        """Sleep (without the GIL) until a client may be there; False: leave (serving has
+        stopped, or idle for worker_idle while another thread waits too)."""
+        while True:
+            left = since + self._worker_idle - time.monotonic()
+            if left > 0 and self._doorbell.wait(left) and self._accepting:
+                return True
+            with self._changed:
+                if not self._accepting or self._waiting > 1:
+                    self._waiting -= 1
+                    self._changed.notify_all()
+                    return False
+            since = time.monotonic()  # the last one waiting stays for the next client
+
+    def _leave(self) -> None:
+        with self._changed:
+            self._waiting -= 1
+            self._changed.notify_all()
 
     def _permitted(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip.split("%")[0])
@@ -386,77 +478,72 @@ class EchoServer:
             return False
         return not self.allow or any(addr in net for net in self.allow)
 
-    def _admit(self, fd: int, peer: Peer) -> None:
+    def _admit(self, fd: int, peer: Peer) -> bool:
+        """Count the client in (True), or close it: refused, gone, or serving stopped."""
         if (self.allow or self.deny) and not self._permitted(peer[0]):
             conn_log.warning("Refused client at %r (not allowed)", peer)
             os.close(fd)
             with self._lock:
                 self._refused += 1
-            return
+            return False
         if not self._inherits_options:
             try:
                 _set_up(fd, self.idle_timeout)
             except OSError:  # the client is already gone
                 os.close(fd)
-                return
+                return False
         with self._changed:
+            self._waiting -= 1
             self._conns[fd] = None
             self._total += 1
+            full = len(self._conns) >= self.max_clients
             self._changed.notify_all()
-        try:
-            self._workers.submit(fd, peer)
-        except RuntimeError as exc:  # no thread to be had (or closing): drop this client
-            with self._changed:
-                del self._conns[fd]
-                self._errors += 1
-                self._changed.notify_all()
-            os.close(fd)
-            self._log_accept_error(conn_log, logging.WARNING,
-                                   "Dropped client at %r: cannot start a thread: %s", peer, exc)
+        if full:
+            self._log_full(log, logging.WARNING,
+                           "At the limit of %d clients: not accepting until one leaves "
+                           "(the rest wait in the backlog)", self.max_clients)
+        return True
 
     # -- serving one client -------------------------------------------------
 
-    def _session(self) -> ServerSession:
-        """This thread's session: made for its first client, reused for every next one."""
-        session: ServerSession | None = getattr(self._sessions, "session", None)
-        if session is None:
-            on_message = _report_message if conn_log.isEnabledFor(logging.INFO) else None
-            session = self.core.EchoSession(-1, self.mode, self.size, self.max_bytes,
-                                            on_message)
-            self._sessions.session = session
-        return session
-
-    def _serve_client(self, fd: int, peer: Peer) -> None:
-        session = None
+    def _new_session(self, fd: int, peer: Peer) -> ServerSession | None:
+        """This thread's session, made for its first client and kept for every next one."""
+        on_message = _report_message if conn_log.isEnabledFor(logging.INFO) else None
         try:
-            session = self._session()
+            return self.core.EchoSession(-1, self.mode, self.size, self.max_bytes, on_message)
+        except MemoryError:  # e.g. a message size larger than this machine can hold
+            self._count_error()
+            conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
+                             format_size(self.size if self.mode == "message" else CHUNK))
+            return None
+
+    def _serve_client(self, session: ServerSession, fd: int, peer: Peer) -> None:
+        served = False
+        try:
             session.attach(fd)
             with self._lock:
                 self._conns[fd] = session
+            served = True
             conn_log.info("Connected by client at %r", peer)
             ended = session.run()
             self._log_end(peer, session, ended, fd in self._cut)
         except OSError as exc:
             self._log_failure(peer, session, exc, fd in self._cut)
-        except MemoryError:  # e.g. a message size larger than this machine can hold
-            self._count_error()
-            conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
-                             format_size(self.size if self.mode == "message" else CHUNK))
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
             conn_log.exception("Connection with %r failed", peer)
         finally:
-            with self._changed:
-                del self._conns[fd]
-                self._cut.discard(fd)
-                if session is not None:
-                    self._done_in += session.bytes_in
-                    self._done_out += session.bytes_out
-                was_full = len(self._conns) + 1 >= self.max_clients
-                self._changed.notify_all()
-            os.close(fd)  # only now: close() shuts down what is in _conns, by number
-            if was_full:
-                self._wake()  # serve_forever may accept again
+            self._finish(fd, session if served else None)
+
+    def _finish(self, fd: int, session: ServerSession | None) -> None:
+        with self._changed:
+            del self._conns[fd]
+            self._cut.discard(fd)
+            if session is not None:
+                self._done_in += session.bytes_in
+                self._done_out += session.bytes_out
+            self._changed.notify_all()
+        os.close(fd)  # only now: close() shuts down what is in _conns, by number
 
     def _log_failure(self, peer: Peer, session: ServerSession | None, exc: OSError,
                      cut: bool) -> None:
@@ -521,3 +608,46 @@ def _set_up(fd: int, idle_timeout: float | None) -> None:
         set_nodelay(sock)
     finally:
         sock.detach()
+
+
+class _Doorbell:
+    """Where connection threads wait for a client, without the GIL.
+
+    One epoll set for all of them holds the listener armed one-shot: a new
+    client wakes one waiting thread, which re-arms it after its accept(), and so
+    at once wakes the next thread if more clients wait.  The wake socket is
+    level-triggered: written once when serving stops, it wakes every waiting
+    thread, one after another.  Without epoll (not Linux), select() does the
+    same, but wakes every waiting thread for each client.
+    """
+
+    _ARMED = select.EPOLLIN | select.EPOLLONESHOT if hasattr(select, "epoll") else 0
+
+    def __init__(self, listener: socket.socket, wake: socket.socket) -> None:
+        self._listener = listener
+        self._wake = wake
+        self._epoll: select.epoll | None = None
+        if hasattr(select, "epoll"):
+            self._epoll = select.epoll()
+            try:
+                self._epoll.register(listener, self._ARMED)
+                self._epoll.register(wake, select.EPOLLIN)
+            except BaseException:
+                self._epoll.close()
+                raise
+
+    def wait(self, timeout: float) -> bool:
+        """Whether a client (or the wake socket) rang within ``timeout`` seconds."""
+        if self._epoll is not None:
+            return bool(self._epoll.poll(timeout, 1))
+        return bool(select.select([self._listener, self._wake], [], [], timeout)[0])
+
+    def rearm(self) -> None:
+        """After an accept() that followed a wait: the next client may ring again."""
+        if self._epoll is not None:
+            with contextlib.suppress(OSError):  # closed: serving has stopped
+                self._epoll.modify(self._listener, self._ARMED)
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
