@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
 
-from . import config, logs
+from . import config, logs, switch
 from . import core as cores
 from ._version import __version__
 from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult, Progress
@@ -463,7 +463,7 @@ def build_parser() -> _Parser:
                      description="TCP echo server and verifying client with a GIL-free "
                                  "Cython core.")
     parser.add_argument("--version", action="version",
-                        version=f"pytcpecho {__version__} (core: {cores.default.NAME})")
+                        version=f"pytcpecho {__version__} (core: {cores.load('auto').NAME})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in COMMANDS:
@@ -472,6 +472,10 @@ def build_parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:  # before anything picks a core: a bad value must not pick one silently
+        switch.pure_python(os.environ)
+    except switch.SwitchError as exc:
+        return _fail("pytcpecho", str(exc), EXIT_USAGE)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.prog = f"pytcpecho {args.command}"
