@@ -22,30 +22,32 @@ from typing import NoReturn
 from . import config, logs, switch
 from . import core as cores
 from ._version import __version__
-from .client import DEFAULT_TIMEOUT, EchoClient, EchoError, EchoResult, Progress
-from .server import (
+from .client import EchoClient, EchoError, EchoResult, Progress
+from .constants import (
+    BENCH_CONNECTIONS,
+    BENCH_DURATION,
+    BENCH_INTERVAL,
+    BENCH_SIZE,
+    DEFAULT_GRACE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENTS,
-    DEFAULT_SIZE,
-    DEFAULT_WORKER_IDLE,
-    MODES,
-    EchoServer,
-)
-from .sockets import MAX_TIMEOUT
-from .units import (
     DEFAULT_PORT,
+    DEFAULT_SIZE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKER_IDLE,
     MAX_BYTES,
-    format_hostport,
-    parse_hostport,
-    parse_port,
-    parse_size,
-    plural,
+    MAX_MESSAGE_SIZE,
+    MAX_TIMEOUT,
+    MODES,
+    PING_SIZE,
+    PING_TIMEOUT,
 )
+from .server import EchoServer
+from .units import format_hostport, parse_hostport, parse_port, parse_size, plural
 
 EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_SERVER_FAILED = 1  # serve: the accept loop itself failed
 EXIT_BROKEN_PIPE = 128 + 13  # stdout closed under us: what a process killed by SIGPIPE gives
-DEFAULT_GRACE = 10.0
 CLOSE_TIMEOUT = 0.5  # after the grace period: closed connections' threads get this long to end
 
 log = logging.getLogger("pytcpecho")
@@ -132,8 +134,9 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="stream: echo bytes as they come (RFC 862); message: read --size "
                         "bytes, send them back, repeat (default: stream)")
     p.add_argument("--size", type=SIZE, default=DEFAULT_SIZE,
-                   help="message size in message mode, at most 64MiB: each connection holds "
-                        "a buffer of this size (default: 102400, e.g. 100KiB, 1MiB)")
+                   help=f"message size in message mode, at most {MAX_MESSAGE_SIZE >> 20}MiB: "
+                        "each connection holds a buffer of this size "
+                        f"(default: {DEFAULT_SIZE}, e.g. 100KiB, 1MiB)")
     p.add_argument("--core", choices=cores.CORES, default="auto",
                    help="echo loop implementation (default: auto, the Cython one if built)")
     p.add_argument("--max-clients", type=COUNT, default=DEFAULT_MAX_CLIENTS,
@@ -333,7 +336,7 @@ def _add_ping(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("ping", help="health check: echo a few bytes, exit 0 if intact",
                        description="Open a connection, echo --size bytes, check them. "
                                    "Exit 0 when every echo came back intact.")
-    _client_options(p, 64, 3.0)
+    _client_options(p, PING_SIZE, PING_TIMEOUT)
     p.add_argument("--count", "-c", type=COUNT, default=1,
                    help="pings, one connection each (default: 1)")
     p.add_argument("--interval", "-i", type=SECONDS, default=None,
@@ -394,18 +397,18 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
                        description="Drive an echo server from many connections, verify every "
                                    "byte, report per interval and in total. Exit 0 when all "
                                    "came back intact, 1 on any failure, 3 if none connected.")
-    _client_options(p, 1024, 10.0)
-    p.add_argument("--connections", "-c", type=COUNT, default=10,
-                   help="connections, one thread each (default: 10)")
+    _client_options(p, BENCH_SIZE, DEFAULT_TIMEOUT)
+    p.add_argument("--connections", "-c", type=COUNT, default=BENCH_CONNECTIONS,
+                   help=f"connections, one thread each (default: {BENCH_CONNECTIONS})")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--duration", "-t", type=SECONDS, default=None,
-                     help="seconds to run (default: 10)")
+                     help=f"seconds to run (default: {BENCH_DURATION:g})")
     how.add_argument("--count", "-n", type=COUNT, default=None,
                      help="messages in all, spread over the connections")
-    p.add_argument("--mode", choices=("message", "stream"), default="message",
+    p.add_argument("--mode", choices=MODES, default="message",
                    help="message: round trips of --size; stream: continuous transfer")
-    p.add_argument("--interval", "-i", type=SECONDS, default=1.0,
-                   help="seconds between report lines (default: 1)")
+    p.add_argument("--interval", "-i", type=SECONDS, default=BENCH_INTERVAL,
+                   help=f"seconds between report lines (default: {BENCH_INTERVAL:g})")
     p.add_argument("--rate", type=_arg(_rate, "rate"), default=None, metavar="MSG_PER_S",
                    help="open loop at this many messages/s in all (default: closed loop)")
     p.add_argument("--connect-each", action="store_true",
@@ -431,7 +434,7 @@ def _bench(args: argparse.Namespace) -> int:
     host, port = args.target
     config = loadgen.BenchConfig(
         host, port, size=args.size, connections=args.connections,
-        duration=None if args.count else (args.duration or 10.0), count=args.count,
+        duration=None if args.count else (args.duration or BENCH_DURATION), count=args.count,
         mode=args.mode, rate=args.rate, connect_each=args.connect_each, core=args.core,
         timeout=args.timeout, interval=args.interval, seed=args.seed)
     try:
