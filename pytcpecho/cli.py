@@ -1,5 +1,8 @@
-"""The ``pytcpecho`` command: serve, client, ping, demo.
+"""The ``pytcpecho`` command: serve, client, ping, demo, bench.
 
+This module parses arguments and hands each command to the code that runs it:
+a serve process is ``pytcpecho.serving`` (one process) or
+``pytcpecho.supervisor`` (``--workers``), which import nothing from here.
 Bad input is one line on stderr and exit status 2; a server out of reach is
 one line and status 3; an echo that did not come back intact is status 1.
 """
@@ -9,17 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import NoReturn
 
-from . import config, logs, switch
+from . import config, loadgen, logs, serving, supervisor, switch
 from . import core as cores
 from ._version import __version__
 from .client import EchoClient, EchoError, EchoResult, Progress
@@ -42,19 +41,17 @@ from .constants import (
     PING_SIZE,
     PING_TIMEOUT,
 )
-from .server import EchoServer
-from .units import format_hostport, parse_hostport, parse_port, parse_size, plural
-
-EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_SERVER_FAILED = 1  # serve: the accept loop itself failed
-EXIT_BROKEN_PIPE = 128 + 13  # stdout closed under us: what a process killed by SIGPIPE gives
-CLOSE_TIMEOUT = 0.5  # after the grace period: closed connections' threads get this long to end
-
-log = logging.getLogger("pytcpecho")
-
-
-class UsageError(Exception):
-    """Bad input found after parsing: reported like an argparse error."""
+from .demo import run_demo
+from .status import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_INTACT,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    UsageError,
+)
+from .units import format_hostport, parse_hostport, parse_port, parse_size
 
 
 class _Parser(argparse.ArgumentParser):
@@ -169,97 +166,25 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="text: plain lines; json: one JSON object per line (default: text)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-connection lines")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
-    p.set_defaults(run=_serve_command, report_stats=None)
+    p.set_defaults(run=_serve)
     config.apply_env(p)
 
 
-def _serve_command(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> int:
     """serve: options from the environment too, and one process or a supervisor of many."""
     try:
         config.finish(args)
     except config.EnvError as exc:
         raise UsageError(str(exc)) from None
+    options = serving.ServeOptions(
+        host=args.host, port=args.port, mode=args.mode, size=args.size, core=args.core,
+        max_clients=args.max_clients, idle_timeout=args.idle_timeout,
+        max_bytes=args.max_bytes, allow=tuple(args.allow), deny=tuple(args.deny),
+        grace=args.grace, worker_idle=args.worker_idle, reuse_port=args.reuse_port,
+        verbose=args.verbose, quiet=args.quiet, log_format=args.log_format)
     if args.workers == 1:
-        return _serve(args)
-    from . import supervisor
-
-    logs.setup(args.verbose, args.quiet, args.log_format)
-    try:
-        cores.load(args.core)
-        return supervisor.run(args)
-    except (RuntimeError, supervisor.SupervisorError) as exc:
-        raise UsageError(str(exc)) from None
-
-
-SERVE_THREAD_STACK = 256 * 1024  # connection threads run C loops: a small stack suffices
-
-
-def _raise_nofile_limit() -> None:
-    """Room for as many connections as the hard limit allows (soft RLIMIT_NOFILE up to it)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _serve(args: argparse.Namespace) -> int:
-    # Handlers first: as PID 1 (a container), a signal without one is ignored.
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            _say(f"{signal.Signals(signum).name} again: exiting now")
-            os._exit(EXIT_NOT_INTACT)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    logs.setup(args.verbose, args.quiet, args.log_format)
-    _raise_nofile_limit()
-    threading.stack_size(SERVE_THREAD_STACK)
-    try:
-        server = EchoServer((args.host, args.port), mode=args.mode, size=args.size,
-                            core=args.core, max_clients=args.max_clients,
-                            idle_timeout=args.idle_timeout, max_bytes=args.max_bytes,
-                            allow=args.allow, deny=args.deny, worker_idle=args.worker_idle,
-                            reuse_port=args.reuse_port)
-    except (ValueError, RuntimeError) as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        where = format_hostport(args.host or "*", args.port)
-        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-
-    failed = threading.Event()
-
-    def serve() -> None:
-        try:
-            server.serve_forever()
-        except Exception:
-            log.exception("The accept loop failed: shutting down")
-            failed.set()  # exit 1, so a supervisor that restarts on failure does
-        stop.set()  # a loop that ended by itself must not leave main waiting
-
-    serving = threading.Thread(target=serve, name="pytcpecho-accept")
-    serving.start()
-    stop.wait()
-    server.shutdown()  # stop accepting before anything else
-    active = server.stats.active
-    log.info("Shutting down: %d connection%s in flight, up to %g s to finish",
-             active, plural(active), args.grace)
-    if not server.drain(args.grace):
-        left = server.stats.active
-        log.warning("Grace period over: closing %d connection%s", left, plural(left))
-    server.close(timeout=CLOSE_TIMEOUT)
-    serving.join()
-    s = server.stats
-    log.info("Served %d connection%s, echoed %d bytes, %d error%s "
-             "(%d idle timeouts, %d over --max-bytes, %d refused)",
-             s.total, plural(s.total), s.bytes_out, s.errors, plural(s.errors),
-             s.timed_out, s.over_limit, s.refused)
-    if args.report_stats:  # a worker of serve --workers: its supervisor sums these
-        args.report_stats(s)
-    return EXIT_SERVER_FAILED if failed.is_set() else EXIT_OK
+        return serving.run(options)
+    return supervisor.run(options, args.workers)
 
 
 # -- client and ping ------------------------------------------------------------
@@ -381,8 +306,6 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     try:
         cores.load(args.core)
     except (ValueError, RuntimeError) as exc:
@@ -429,20 +352,18 @@ def _rate(text: str) -> float:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import loadgen
-
     host, port = args.target
-    config = loadgen.BenchConfig(
+    bench = loadgen.BenchConfig(
         host, port, size=args.size, connections=args.connections,
         duration=None if args.count else (args.duration or BENCH_DURATION), count=args.count,
         mode=args.mode, rate=args.rate, connect_each=args.connect_each, core=args.core,
         timeout=args.timeout, interval=args.interval, seed=args.seed)
     try:
-        gen = loadgen.LoadGenerator(config)
+        gen = loadgen.LoadGenerator(bench)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     if not args.json:
-        _say(loadgen.header(config, gen.core.NAME))
+        _say(loadgen.header(bench, gen.core.NAME))
         _say(loadgen.COLUMNS)
     try:
         result = gen.run(None if args.json else lambda i: _say(loadgen.interval_line(i)))
@@ -487,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(args.prog, str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
         logs.silence_stdout()
         return EXIT_BROKEN_PIPE

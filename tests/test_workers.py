@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import select
@@ -13,6 +14,7 @@ import pytest
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli
 
 from pytcpecho import EchoClient
+from pytcpecho.serving import ServeOptions
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -154,3 +156,20 @@ def test_reuse_port_lets_two_servers_share_a_port() -> None:
             echo_many(port, 4)
             assert second.stop() == 0
         assert first.stop() == 0
+
+
+def test_options_cross_to_a_worker_as_exactly_their_fields() -> None:
+    options = ServeOptions(host="::1", port=8000, mode="message", size=1024, core="auto",
+                           max_clients=7, idle_timeout=2.5, max_bytes=0,
+                           allow=("10.0.0.0/8",), deny=(), grace=1.0, worker_idle=30.0,
+                           reuse_port=True, verbose=1, quiet=False, log_format="json")
+    assert ServeOptions.from_json(options.to_json()) == options
+    fields = {f.name for f in dataclasses.fields(ServeOptions)}
+    good = dataclasses.asdict(options)
+    assert set(good) == fields
+    for bad in ({**good, "report_stats": None}, {k: v for k, v in good.items() if k != "port"},
+                {**good, "port": "8000"}, {**good, "quiet": 0}, {**good, "allow": "10/8"},
+                {**good, "max_clients": True}):
+        with pytest.raises(ValueError, match="serve options"):
+            ServeOptions.from_dict(bad)
+    assert ServeOptions.from_dict({**good, "grace": 2}).grace == 2.0  # JSON's 2 for 2.0
