@@ -37,7 +37,7 @@ CLOSE_TIMEOUT = 0.5
 COUNTERS = tuple(f.name for f in dataclasses.fields(ServerStats) if f.name != "active")
 """The counters of ServerStats that add up over a run (and over the workers)."""
 _SUMMARY = ("Served %d connection%s, echoed %d bytes, %d error%s "
-            "(%d idle timeouts, %d over --max-bytes, %d refused)")
+            "(%d idle timeout%s, %d over --max-bytes, %d refused)")
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ def log_summary(logger: logging.Logger, stats: ServerStats, more: str = "",
                 *more_args: object) -> None:
     """The run's one summary line, with every counter; ``more`` extends it."""
     logger.info(_SUMMARY + more, stats.total, plural(stats.total), stats.bytes_out,
-                stats.errors, plural(stats.errors), stats.timed_out, stats.over_limit,
-                stats.refused, *more_args)
+                stats.errors, plural(stats.errors), stats.timed_out, plural(stats.timed_out),
+                stats.over_limit, stats.refused, *more_args)
 
 
 def raise_nofile_limit() -> None:

@@ -31,7 +31,7 @@ from types import FrameType
 from . import core as cores
 from . import logs
 from .server import ServerStats
-from .serving import COUNTERS, PROG, ServeOptions
+from .serving import COUNTERS, PROG, ServeOptions, log_summary
 from .serving import run as serve
 from .sockets import listen_address
 from .status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
@@ -159,8 +159,8 @@ class Supervisor:
             signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select()
             bound = holder.getsockname()
             spec = self._spec(bound[1])
-            log.info("Supervisor (pid %d): %d workers on %s", os.getpid(), self.count,
-                     format_hostport(host or "*", bound[1]))
+            log.info("Supervisor (pid %d): %d worker%s on %s", os.getpid(), self.count,
+                     plural(self.count), format_hostport(host or "*", bound[1]))
             for index in range(1, self.count + 1):
                 self._spawn(index, spec)
             self._watch(wake_r, spec)
@@ -251,12 +251,12 @@ class Supervisor:
                 failed = True
             self._collect(worker)
             del self.workers[worker.index]
-        t = self.totals
-        log.info("Served %d connection%s, echoed %d bytes, %d error%s in %d workers%s",
-                 t["total"], plural(t["total"]), t["bytes_out"],
-                 t["errors"], plural(t["errors"]), self.count,
-                 f" ({self.restarts} restarted, {self.lost} lost their counters)"
-                 if self.restarts or self.lost else "")
+        totals = ServerStats(active=0, **self.totals)
+        if self.restarts or self.lost:
+            log_summary(log, totals, " in %d worker%s (%d restarted, %d lost their counters)",
+                        self.count, plural(self.count), self.restarts, self.lost)
+        else:
+            log_summary(log, totals, " in %d worker%s", self.count, plural(self.count))
         if self._fatal is not None:
             return self._fatal
         return EXIT_FAILED if failed else EXIT_OK
