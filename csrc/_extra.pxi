@@ -1,10 +1,15 @@
 # Included at the end of _core.pyx: the splice echo loop and the bench's
 # connect-per-message client loop.  Both run without the GIL, like the rest.
 
-from _netio cimport (pte_addr, pte_addr_set, pte_connect, pte_pipe, pte_splice, close,
-                     EINVAL, ENOSYS, EOPNOTSUPP, EPIPE)
+from _netio cimport (pte_addr, pte_addr_set, pte_socket, pte_connect, pte_connect_result,
+                     pte_pipe, pte_splice, close, EINVAL, ENOSYS, EOPNOTSUPP, EPIPE)
 
 DEF PIPE_SIZE = 1024 * 1024
+
+
+cdef inline bint splice_refused(ssize_t rc) noexcept nogil:
+    """Whether splice() failed because it cannot move this socket's bytes at all."""
+    return failed_with(rc, EINVAL) or failed_with(rc, ENOSYS) or failed_with(rc, EOPNOTSUPP)
 
 
 # -- server: splice() -------------------------------------------------------------
@@ -81,25 +86,19 @@ cdef class SpliceSession:
         """Block (SO_RCVTIMEO applies) until data or EOF is there; 1 if data."""
         cdef char probe
         cdef ssize_t r
-        while True:
-            r = recv(self.fd, &probe, 1, MSG_PEEK)
-            if r >= 0:
-                return 1 if r > 0 else 0
-            if errno != EINTR:
-                raise_errno(errno)
-            check_signals()
+        while check_rc(r := recv(self.fd, &probe, 1, MSG_PEEK)):
+            pass
+        return 1 if r > 0 else 0
 
     cdef int _splice(self) except -1 nogil:
         """0 at EOF, 1 over max_bytes, 2 when splice is refused (nothing moved yet)."""
         cdef int fds[2]
-        cdef long n, m, left
+        cdef ssize_t n, m, left
         cdef size_t want
-        cdef int err
         if not self._wait_first_byte():
             return 0
-        err = pte_pipe(fds, <int>self.bufsize)
-        if err < 0:
-            raise_errno(-err)
+        while check_rc(pte_pipe(fds, <int>self.bufsize)):
+            pass
         self.pipe_r = fds[0]
         self.pipe_w = fds[1]
         while True:
@@ -109,27 +108,23 @@ cdef class SpliceSession:
                     return 1 if self._wait_first_byte() else 0
                 if <long long>want > self.max_bytes - self._in:
                     want = <size_t>(self.max_bytes - self._in)
-            n = pte_splice(self.fd, self.pipe_w, want, 0)
+            while not splice_refused(n := pte_splice(self.fd, self.pipe_w, want, 0)) and check_rc(n):
+                pass
             if n == 0:
                 return 0
             if n < 0:
-                if -n == EINTR:
-                    check_signals()
-                    continue
-                if (-n == EINVAL or -n == ENOSYS or -n == EOPNOTSUPP) and self._in == 0:
+                if self._in == 0:
                     return 2
-                raise_errno(<int>-n)
+                raise_errno(errno)
             self._in += n
             left = n
             while left > 0:
-                m = pte_splice(self.pipe_r, self.fd, <size_t>left, 0)
-                if m > 0:
-                    left -= m
-                    self._out += m
-                elif m < 0 and -m == EINTR:
-                    check_signals()
-                else:
-                    raise_errno(<int>-m if m < 0 else EPIPE)
+                while check_rc(m := pte_splice(self.pipe_r, self.fd, <size_t>left, 0)):
+                    pass
+                if m == 0:
+                    raise_errno(EPIPE)
+                left -= m
+                self._out += m
 
 
 # -- client: connect, one message, close, again -----------------------------------
@@ -165,9 +160,34 @@ cdef class ConnectEachSession(ClientSession):
             rc = self._each(count, interval_ns, deadline)
         return rc == 0
 
+    cdef int _connect(self) except -1 nogil:
+        """A new connected socket to the target; on failure it is closed and this raises."""
+        cdef int fd, ready
+        cdef bint connected = 0
+        cdef pollfd pfd
+        while check_rc(fd := pte_socket(&self.addr, self.timeout_ms)):
+            pass
+        try:
+            if check_rc(pte_connect(fd, &self.addr)):
+                # A signal interrupted connect(), and the kernel goes on connecting
+                # (connect() again would say EALREADY): wait until the socket is
+                # writable, then read how the attempt ended.
+                pfd.fd = fd
+                pfd.events = POLLOUT
+                while check_rc(ready := poll(&pfd, 1, self.timeout_ms)):
+                    pass
+                if ready == 0:
+                    raise_errno(ETIMEDOUT)
+                while check_rc(pte_connect_result(fd)):
+                    pass
+            connected = 1
+        finally:
+            if not connected:
+                close(fd)
+        return fd
+
     cdef int _each(self, long long count, long long interval_ns, long long deadline) except -1 nogil:
         cdef long long i = 0, start = now_ns(), due, t
-        cdef timespec ts
         cdef int rc, fd
         while (count <= 0 or i < count) and not self.stop_flag:
             t = now_ns()
@@ -177,13 +197,8 @@ cdef class ConnectEachSession(ClientSession):
             if interval_ns > 0:
                 due = start + i * interval_ns
                 if due > t:
-                    ts.tv_sec = due // 1000000000
-                    ts.tv_nsec = due % 1000000000
-                    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR:
-                        check_signals()
-            fd = pte_connect(&self.addr, self.timeout_ms)
-            if fd < 0:
-                raise_errno(-fd)
+                    sleep_until(due)
+            fd = self._connect()
             self.connections += 1
             self.fd = fd
             self.offset = 0

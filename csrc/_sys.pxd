@@ -31,9 +31,7 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     enum:
         CLOCK_MONOTONIC
-        TIMER_ABSTIME
     int clock_gettime(int clk, timespec *ts)
-    int clock_nanosleep(int clk, int flags, const timespec *req, timespec *rem)
 
 cdef extern from "<errno.h>" nogil:
     int errno

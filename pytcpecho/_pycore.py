@@ -201,7 +201,7 @@ class ClientSession:
         while poller.poll(wait_ms):
             try:
                 r = sock.recv_into(self._rbuf, self._chunk, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:  # nothing to read after all: wait again
                 continue
             except ConnectionResetError:
                 return True
