@@ -23,9 +23,13 @@ from libc.string cimport memcpy, memcmp, strerror
 from cpython.exc cimport PyErr_CheckSignals
 import threading
 
-from pytcpecho.sockets import MAX_TIMEOUT
-from pytcpecho.units import MAX_BYTES
+from pytcpecho import constants as _constants
+from pytcpecho.constants import DEFAULT_SIZE, MAX_BYTES, MAX_TIMEOUT, MODES
 
+from _constants cimport (
+    BLOCK_SHIFT, BLOCK, HEADER, SUB_BITS, SUB, NBUCKETS, CHUNK, PIPE_SIZE, EOF_WAIT_MS,
+    SIGNAL_POLL_NS,
+)
 from _netio cimport pte_sleep_until
 from _sys cimport (
     ssize_t, recv, send, shutdown, poll, pollfd, clock_gettime, timespec,
@@ -35,16 +39,25 @@ from _sys cimport (
 
 NAME = "cython"
 
-# Shared with pytcpecho.pattern and pytcpecho.histogram: keep in step.
-DEF BLOCK_SHIFT = 16
-DEF BLOCK = 1 << BLOCK_SHIFT
-DEF HEADER = 8
-DEF SUB_BITS = 6
-DEF SUB = 1 << SUB_BITS
-DEF NBUCKETS = SUB * 40
-DEF CHUNK = 256 * 1024
-# How long a client without a timeout waits for the close after an intact echo.
-DEF EOF_WAIT_MS = 10000
+
+cdef int check_constants() except -1:
+    """Refuse to load when a compiled-in copy differs from pytcpecho.constants."""
+    cdef tuple mirrored = (
+        ("BLOCK_SHIFT", BLOCK_SHIFT), ("BLOCK", BLOCK), ("HEADER", HEADER),
+        ("SUB_BITS", SUB_BITS), ("SUB", SUB), ("NBUCKETS", NBUCKETS), ("CHUNK", CHUNK),
+        ("PIPE_SIZE", PIPE_SIZE), ("EOF_WAIT_MS", EOF_WAIT_MS),
+        ("SIGNAL_POLL_NS", SIGNAL_POLL_NS),
+    )
+    for name, value in mirrored:
+        expected = getattr(_constants, name)
+        if value != expected:
+            raise ImportError(
+                f"pytcpecho._core was built with {name} = {value}, but pytcpecho.constants "
+                f"says {expected}: change csrc/_constants.pxd to match and rebuild")
+    return 0
+
+
+check_constants()
 
 HISTOGRAM_BUCKETS = NBUCKETS
 
@@ -212,10 +225,10 @@ cdef class EchoSession:
     cdef readonly long long bytes_out
     cdef readonly long long messages
 
-    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=102400,
+    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=DEFAULT_SIZE,
                   long long max_bytes=0, object on_message=None, Py_ssize_t bufsize=CHUNK):
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0 or bufsize <= 0:
             raise ValueError("size and bufsize must be positive")
         self.fd = fd
@@ -338,8 +351,8 @@ cdef class ClientSession:
 
     def __cinit__(self, int fd, long long size, bytes base, str mode="message",
                   object timeout=None):
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0:
             raise ValueError("size must be positive")
         if len(base) != BLOCK:
@@ -423,7 +436,7 @@ cdef class ClientSession:
             self.spins += 1
             if self.spins & 63 == 0:
                 t = now_ns()
-                if t - self.signals_checked_ns >= 50000000:
+                if t - self.signals_checked_ns >= SIGNAL_POLL_NS:
                     self.signals_checked_ns = t
                     check_signals()
         return 0

@@ -4,8 +4,6 @@
 from _netio cimport (pte_addr, pte_addr_set, pte_socket, pte_connect, pte_connect_result,
                      pte_pipe, pte_splice, close, EINVAL, ENOSYS, EOPNOTSUPP, EPIPE)
 
-DEF PIPE_SIZE = 1024 * 1024
-
 
 cdef inline bint splice_refused(ssize_t rc) noexcept nogil:
     """Whether splice() failed because it cannot move this socket's bytes at all."""
@@ -35,7 +33,7 @@ cdef class SpliceSession:
     cdef EchoSession fallback
     cdef readonly bint spliced
 
-    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=102400,
+    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=DEFAULT_SIZE,
                   long long max_bytes=0, object on_message=None, Py_ssize_t bufsize=PIPE_SIZE):
         if mode != "stream":
             raise ValueError(f"the splice core echoes streams only: mode {mode!r} needs "

@@ -15,15 +15,22 @@ import socket
 import time
 from collections.abc import Callable
 
-from .histogram import NBUCKETS, bucket_of
+from .constants import (
+    BLOCK,
+    CHUNK,
+    DEFAULT_SIZE,
+    EOF_WAIT_MS,
+    MAX_BYTES,
+    MAX_TIMEOUT,
+    MODES,
+    NBUCKETS,
+)
+from .histogram import bucket_of
 from .pattern import Pattern
-from .sockets import MAX_TIMEOUT, make_blocking, set_io_timeout, set_nodelay
-from .units import MAX_BYTES
+from .sockets import make_blocking, set_io_timeout, set_nodelay
 
 NAME = "python"
-EOF_WAIT_MS = 10000  # how long a client without a timeout waits for the close after its echo
 HISTOGRAM_BUCKETS = NBUCKETS
-CHUNK = 256 * 1024
 
 
 def _timeout() -> TimeoutError:
@@ -73,11 +80,11 @@ class _Borrowed:
 class EchoSession:
     """One server connection: see the Cython core's EchoSession."""
 
-    def __init__(self, fd: int, mode: str = "stream", size: int = 102400, max_bytes: int = 0,
-                 on_message: Callable[[int], object] | None = None,
+    def __init__(self, fd: int, mode: str = "stream", size: int = DEFAULT_SIZE,
+                 max_bytes: int = 0, on_message: Callable[[int], object] | None = None,
                  bufsize: int = CHUNK) -> None:
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0 or bufsize <= 0:
             raise ValueError("size and bufsize must be positive")
         self._fd = fd
@@ -144,8 +151,8 @@ class ClientSession:
 
     def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
                  timeout: float | None = None) -> None:
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0:
             raise ValueError("size must be positive")
         self._fd = fd
@@ -155,7 +162,7 @@ class ClientSession:
             raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
         self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
         self._pattern = Pattern(base)
-        self._chunk = max(min(size, CHUNK), 65536)
+        self._chunk = max(min(size, CHUNK), BLOCK)
         self._rbuf = bytearray(self._chunk)
         self._hist = [0] * NBUCKETS
         self._offset = 0
