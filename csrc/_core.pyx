@@ -59,8 +59,6 @@ cdef int check_constants() except -1:
 
 check_constants()
 
-HISTOGRAM_BUCKETS = NBUCKETS
-
 
 # -- errors -----------------------------------------------------------------
 

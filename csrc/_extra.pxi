@@ -2,7 +2,8 @@
 # connect-per-message client loop.  Both run without the GIL, like the rest.
 
 from _netio cimport (pte_addr, pte_addr_set, pte_socket, pte_connect, pte_connect_result,
-                     pte_pipe, pte_splice, close, EINVAL, ENOSYS, EOPNOTSUPP, EPIPE)
+                     pte_pipe, pte_splice)
+from _sys cimport close, EINVAL, ENOSYS, EOPNOTSUPP, EPIPE
 
 
 cdef inline bint splice_refused(ssize_t rc) noexcept nogil:
@@ -31,7 +32,6 @@ cdef class SpliceSession:
     cdef long long _in
     cdef long long _out
     cdef EchoSession fallback
-    cdef readonly bint spliced
 
     def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=DEFAULT_SIZE,
                   long long max_bytes=0, object on_message=None, Py_ssize_t bufsize=PIPE_SIZE):
@@ -106,7 +106,7 @@ cdef class SpliceSession:
                     return 1 if self._wait_first_byte() else 0
                 if <long long>want > self.max_bytes - self._in:
                     want = <size_t>(self.max_bytes - self._in)
-            while not splice_refused(n := pte_splice(self.fd, self.pipe_w, want, 0)) and check_rc(n):
+            while not splice_refused(n := pte_splice(self.fd, self.pipe_w, want)) and check_rc(n):
                 pass
             if n == 0:
                 return 0
@@ -117,7 +117,7 @@ cdef class SpliceSession:
             self._in += n
             left = n
             while left > 0:
-                while check_rc(m := pte_splice(self.pipe_r, self.fd, <size_t>left, 0)):
+                while check_rc(m := pte_splice(self.pipe_r, self.fd, <size_t>left)):
                     pass
                 if m == 0:
                     raise_errno(EPIPE)

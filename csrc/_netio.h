@@ -101,8 +101,8 @@ static int pte_pipe(int fds[2], int size) {
 }
 
 /* splice() up to n bytes from in to out: bytes moved, 0 at EOF, or -1. */
-static ssize_t pte_splice(int in, int out, size_t n, int more) {
-    return splice(in, NULL, out, NULL, n, SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
+static ssize_t pte_splice(int in, int out, size_t n) {
+    return splice(in, NULL, out, NULL, n, SPLICE_F_MOVE);
 }
 
 /* Sleep until the CLOCK_MONOTONIC time `due_ns`.  clock_nanosleep() returns its

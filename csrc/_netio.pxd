@@ -12,16 +12,5 @@ cdef extern from "_netio.h" nogil:
     int pte_connect(int fd, const pte_addr *a)
     int pte_connect_result(int fd)
     int pte_pipe(int fds[2], int size)
-    ssize_t pte_splice(int fd_in, int fd_out, size_t n, int more)
+    ssize_t pte_splice(int fd_in, int fd_out, size_t n)
     int pte_sleep_until(long long due_ns)
-
-cdef extern from "<unistd.h>" nogil:
-    int close(int fd)
-
-cdef extern from "<errno.h>" nogil:
-    enum:
-        EINVAL
-        ENOSYS
-        EOPNOTSUPP
-        EPIPE
-        ECONNRESET

@@ -30,7 +30,6 @@ from .pattern import Pattern
 from .sockets import make_blocking, set_io_timeout, set_nodelay
 
 NAME = "python"
-HISTOGRAM_BUCKETS = NBUCKETS
 
 
 def _timeout() -> TimeoutError:
