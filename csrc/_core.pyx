@@ -211,6 +211,11 @@ cdef class EchoSession:
     ``run()`` returns "eof" when the client closed, "limit" when it sent more
     than ``max_bytes``; errors raise OSError.  The counters are plain C fields,
     readable from Python while the loop runs.
+
+    The buffer is allocated once, here; ``run()`` allocates nothing, and
+    ``attach()`` hands the session (and its buffer) to the next connection, so
+    a worker thread can serve connection after connection with one session.
+    ``fd`` may be -1 when ``attach()`` comes before the first ``run()``.
     """
 
     cdef int fd
@@ -242,6 +247,12 @@ cdef class EchoSession:
 
     def __dealloc__(self):
         free(self.buf)
+
+    def attach(self, int fd):
+        """Serve a new connection on fd with this session: counters (bytes_in,
+        bytes_out, messages) back to zero, the buffer kept."""
+        self.fd = fd
+        self.bytes_in = self.bytes_out = self.messages = 0
 
     def run(self):
         cdef int rc

@@ -22,6 +22,7 @@ cdef class SpliceSession:
     the socket (EINVAL), the connection falls back to the copy loop of
     EchoSession.  Timeouts: splice() honours SO_RCVTIMEO/SO_SNDTIMEO like
     recv()/send(), so an idle peer ends as TimeoutError here too.
+    ``attach()`` hands the session to the next connection, as EchoSession's does.
     """
 
     cdef int fd
@@ -55,6 +56,15 @@ cdef class SpliceSession:
             close(self.pipe_w)
             self.pipe_r = self.pipe_w = -1
 
+    def attach(self, int fd):
+        """Serve a new connection on fd with this session: counters (bytes_in,
+        bytes_out, messages) back to zero; a pipe left from the last connection
+        is closed and its copy-loop fallback dropped."""
+        self._close_pipe()
+        self.fallback = None
+        self.fd = fd
+        self._in = self._out = 0
+
     @property
     def bytes_in(self):
         return self.fallback.bytes_in if self.fallback is not None else self._in
@@ -69,15 +79,17 @@ cdef class SpliceSession:
 
     def run(self):
         cdef int rc
-        with nogil:
-            rc = self._splice()
-        if rc == 2:
-            self.fallback = EchoSession(self.fd, "stream", 1, self.max_bytes)
-            self.fallback.bytes_in = self._in
-            self.fallback.bytes_out = self._out
+        try:
             with nogil:
-                rc = self.fallback._stream()
-        self._close_pipe()
+                rc = self._splice()
+            if rc == 2:
+                self.fallback = EchoSession(self.fd, "stream", 1, self.max_bytes)
+                self.fallback.bytes_in = self._in
+                self.fallback.bytes_out = self._out
+                with nogil:
+                    rc = self.fallback._stream()
+        finally:
+            self._close_pipe()
         return "limit" if rc == 1 else "eof"
 
     cdef int _wait_first_byte(self) except -1 nogil:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
+import os
 import select
 import socket
 import time
@@ -77,7 +78,11 @@ class _Borrowed:
 
 
 class EchoSession:
-    """One server connection: see the Cython core's EchoSession."""
+    """One server connection: see the Cython core's EchoSession.
+
+    ``attach()`` hands the session, and its buffer, to the next connection;
+    ``fd`` may be -1 when ``attach()`` comes before the first ``run()``.
+    """
 
     def __init__(self, fd: int, mode: str = "stream", size: int = DEFAULT_SIZE,
                  max_bytes: int = 0, on_message: Callable[[int], object] | None = None,
@@ -95,7 +100,15 @@ class EchoSession:
         self.bytes_out = 0
         self.messages = 0
 
+    def attach(self, fd: int) -> None:
+        """Serve a new connection on fd with this session: counters (bytes_in,
+        bytes_out, messages) back to zero, the buffer kept."""
+        self._fd = fd
+        self.bytes_in = self.bytes_out = self.messages = 0
+
     def run(self) -> str:
+        if self._fd < 0:  # as recv() on fd -1 says in the Cython core
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         with _Borrowed(self._fd) as sock:
             try:
                 ended = self._messages(sock) if self._message_mode else self._stream(sock)
