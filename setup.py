@@ -1,14 +1,21 @@
 """Declares the Cython extension; all metadata lives in pyproject.toml.
 
 Like msgpack-python: if the extension cannot be built (no compiler), or
-PYTCPECHO_PURE_PYTHON=1 is set, the package installs with its pure-Python core.
+PYTCPECHO_PURE_PYTHON asks for it, the package installs with its pure-Python
+core.  The variable is read by pytcpecho/switch.py, the same code that reads it
+at run time, so the build and the package never disagree on what a value means
+(and a value that means neither is an error here, not a silent choice).
 """
 
+import importlib.util
 import os
 import sys
+from types import ModuleType
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class OptionalBuildExt(build_ext):
@@ -32,10 +39,25 @@ class OptionalBuildExt(build_ext):
               "pytcpecho will use its pure-Python core.", file=sys.stderr)
 
 
+def load_switch() -> ModuleType:
+    """pytcpecho/switch.py, loaded by its path: the package itself is not importable yet."""
+    path = os.path.join(HERE, "pytcpecho", "switch.py")
+    spec = importlib.util.spec_from_file_location("_pytcpecho_switch", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def extensions() -> list[Extension]:
-    if os.environ.get("PYTCPECHO_PURE_PYTHON"):
+    try:
+        pure_python: bool = load_switch().pure_python(os.environ)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    if pure_python:
         return []
-    from Cython.Build import cythonize
+    from Cython.Build import cythonize  # only needed when there is something to compile
 
     ext = Extension(
         "pytcpecho._core",
@@ -43,7 +65,7 @@ def extensions() -> list[Extension]:
         include_dirs=["csrc"],
         extra_compile_args=["-O2"],
     )
-    return cythonize([ext], include_path=["csrc"], language_level=3)
+    return list(cythonize([ext], include_path=["csrc"], language_level=3))
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -36,6 +36,11 @@ C_PROGRAMS = ("echo_thread", "echo_splice", "loadgen")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(ROOT), str(SERVERS), os.environ.get("PYTHONPATH", "")])}
 
+sys.path.insert(0, str(ROOT / "tests"))
+import support  # noqa: E402
+
+require = support.require  # the tests' one rule: skip here, fail with CI=true
+
 
 # -- C references --------------------------------------------------------------------
 
@@ -158,8 +163,15 @@ class ServerProcess:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+    def open_sockets(self) -> int:
+        """Sockets among the open fds (a splice server also holds two pipe fds per
+        connection: sockets count the connections)."""
+        fd_dir = f"/proc/{self.pid}/fd"
+        count = 0
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                count += os.readlink(f"{fd_dir}/{fd}").startswith("socket:")
+        return count
 
     def close(self) -> None:
         for proc in (self.burner, self.proc):
@@ -199,15 +211,21 @@ def pytcpecho_bench(port: int, args: list[str], timeout: float = 300) -> dict[st
 
 def c_loadgen(port: int, size: int, connections: int, seconds: float,
               each: bool = False) -> dict[str, Any]:
-    """The C reference load generator (no verification: an upper bound)."""
+    """The C reference load generator: it counts messages and errors (a connection that
+    fails, or an echo that ends short), but never looks at the bytes, so its figures carry
+    no integrity claim (no ``integrity_failures``)."""
     argv = [str(BIN / "loadgen"), str(port), str(size), str(connections), str(seconds)]
     result = subprocess.run(argv + (["each"] if each else []), capture_output=True, text=True,
                             timeout=seconds + 60)
-    fields = dict(kv.split("=") for kv in result.stdout.split())
-    return {"messages": int(fields["messages"]), "duration_s": float(fields["seconds"]),
-            "messages_per_s": float(fields["messages_per_s"]),
-            "mib_per_s": float(fields["mib_per_s"]), "errors": int(fields["errors"]),
-            "integrity_failures": 0, "status": result.returncode}
+    try:
+        fields = dict(kv.split("=") for kv in result.stdout.split())
+        return {"messages": int(fields["messages"]), "duration_s": float(fields["seconds"]),
+                "messages_per_s": float(fields["messages_per_s"]),
+                "mib_per_s": float(fields["mib_per_s"]), "errors": int(fields["errors"]),
+                "status": result.returncode}
+    except (KeyError, ValueError):
+        raise RuntimeError(f"loadgen exited {result.returncode}: {result.stdout.strip()} "
+                           f"{result.stderr.strip()}") from None
 
 
 def raise_nofile() -> None:
@@ -217,18 +235,24 @@ def raise_nofile() -> None:
 
 
 def hold_idle(proc: ServerProcess, count: int, timeout: float = 120) -> dict[str, Any]:
-    """Open ``count`` idle connections; the server's RSS once it holds them all."""
+    """Open ``count`` idle connections; the server's RSS once it holds them all.
+
+    Then one byte goes out on every connection and must come back on each (every
+    idle server here is a stream echo server): ``errors`` counts the connections that
+    did not echo it, ``alive`` says whether the server was still running at the end.
+    """
     raise_nofile()
-    base_fds = proc.open_fds()
+    base_sockets = proc.open_sockets()
     base_rss = proc.rss_mib()
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
             socks.append(socket.create_connection(("127.0.0.1", proc.port), timeout=30))
         deadline = time.monotonic() + timeout
-        while proc.open_fds() < base_fds + count:
+        while proc.open_sockets() < base_sockets + count:
             if time.monotonic() > deadline or proc.proc.poll() is not None:
-                raise RuntimeError(f"server holds {proc.open_fds() - base_fds} of {count}")
+                raise RuntimeError(f"server holds {proc.open_sockets() - base_sockets} of "
+                                   f"{count}")
             time.sleep(0.05)  # polling the server's /proc: no event to wait on
         # Threads may still be starting: settle on a stable RSS (bounded).
         rss = proc.rss_mib()
@@ -238,10 +262,22 @@ def hold_idle(proc: ServerProcess, count: int, timeout: float = 120) -> dict[str
             if abs(now - rss) < 0.5:
                 break
             rss = now
-        return {"connections": count, "rss_mib": round(rss, 1),
+        held = proc.open_sockets() - base_sockets
+        errors = sum(not _echoes_a_byte(s) for s in socks)
+        return {"connections": count, "held": held, "rss_mib": round(rss, 1),
                 "rss_idle_mib": round(base_rss, 1),
                 "kib_per_connection": round((rss - base_rss) * 1024 / count, 2),
-                "errors": 0, "integrity_failures": 0}
+                "errors": errors, "alive": proc.proc.poll() is None}
     finally:
         for s in socks:
             s.close()
+
+
+def _echoes_a_byte(sock: socket.socket) -> bool:
+    """Whether an idle connection still echoes: one byte out, the same byte back."""
+    try:
+        sock.settimeout(5)
+        sock.sendall(b"!")
+        return sock.recv(1) == b"!"
+    except OSError:
+        return False

@@ -122,22 +122,32 @@ def memory_table(entries: Entries) -> str:
     return "\n".join(lines)
 
 
+def _integrity(info: dict[str, Any]) -> str:
+    """Integrity failures as the load generator counted them; the C one checks nothing."""
+    failures = info.get("integrity_failures")
+    if failures is None or info.get("server") == "c-loadgen":
+        return "not checked"
+    return f"{failures} failures"
+
+
 def loadgen_table(entries: Entries) -> str:
     groups = [w for w in entries if w.startswith("loadgen-")]
-    lines = ["| against the C thread server | C load generator | pytcpecho bench | ratio |",
-             "|---|---:|---:|---:|"]
+    lines = ["| against the C thread server | C load generator | pytcpecho bench | ratio | "
+             "echo verified (C / pytcpecho) |",
+             "|---|---:|---:|---:|---|"]
     for w in groups:
         g = entries[w]
         c, p = g.get("c-loadgen", {}), g.get("pytcpecho-bench", {})
         r = ratio(entries, w, "pytcpecho-bench")
         lines.append(f"| {w[8:]} | {_fmt(c.get('messages_per_s', 0))} msg/s | "
                      f"{_fmt(p.get('messages_per_s', 0))} msg/s | "
-                     f"{'' if r is None else f'{r:.2f}x'} |")
+                     f"{'' if r is None else f'{r:.2f}x'} | "
+                     f"{_integrity(c) if c else ''} / {_integrity(p) if p else ''} |")
     return "\n".join(lines) if groups else ""
 
 
 def targets(entries: Entries) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets, each as (what, measured, met)."""
+    """The performance targets, each as (what, measured, met)."""
     out: list[tuple[str, str, bool | None]] = []
 
     def add(what: str, value: float | None, goal: float, above: bool = True,

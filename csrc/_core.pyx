@@ -4,12 +4,18 @@
 Every loop here runs inside one ``with nogil:`` block from its first recv()
 to its last send(): a Python thread serving a client never competes for the
 GIL while bytes flow, so clients on other threads keep their speed and other
-Python code in the process keeps running.  The GIL is taken back only to
-check signals after EINTR, to raise an error, and, if the caller asks for it,
-to report a finished message.
+Python code in the process keeps running.  The GIL is taken back only:
 
-Timeouts are the socket's SO_RCVTIMEO/SO_SNDTIMEO (set by the caller on a
-blocking fd) or poll()'s timeout; an expired one is raised as TimeoutError.
+- in the main thread, every 50 ms of a client loop, to run Python's signal
+  handlers (so Ctrl-C stops a loop that never blocks);
+- after a call a signal interrupted (EINTR), to run them;
+- to raise an error;
+- to report a finished message, if the caller asks for it.
+
+Every call's failure takes one path, check_rc(), and every blocking call is
+retried the same way around it.  Timeouts are the socket's
+SO_RCVTIMEO/SO_SNDTIMEO (set by the caller on a blocking fd) or poll()'s
+timeout; an expired one is raised as TimeoutError.
 """
 
 from libc.stdlib cimport malloc, calloc, free
@@ -17,30 +23,41 @@ from libc.string cimport memcpy, memcmp, strerror
 from cpython.exc cimport PyErr_CheckSignals
 import threading
 
-from pytcpecho.sockets import MAX_TIMEOUT
-from pytcpecho.units import MAX_BYTES
+from pytcpecho import constants as _constants
+from pytcpecho.constants import DEFAULT_SIZE, MAX_BYTES, MAX_TIMEOUT, MODES
 
+from _constants cimport (
+    BLOCK_SHIFT, BLOCK, HEADER, SUB_BITS, SUB, NBUCKETS, CHUNK, PIPE_SIZE, EOF_WAIT_MS,
+    SIGNAL_POLL_NS,
+)
+from _netio cimport pte_sleep_until
 from _sys cimport (
-    recv, send, shutdown, poll, pollfd, clock_gettime, clock_nanosleep, timespec,
-    MSG_NOSIGNAL, MSG_DONTWAIT, MSG_PEEK, SHUT_WR, POLLIN, POLLOUT,
-    CLOCK_MONOTONIC, TIMER_ABSTIME, errno, EINTR, EAGAIN, ETIMEDOUT, ECONNRESET,
+    ssize_t, recv, send, shutdown, poll, pollfd, clock_gettime, timespec,
+    MSG_NOSIGNAL, MSG_DONTWAIT, MSG_PEEK, SHUT_WR, POLLIN, POLLOUT, CLOCK_MONOTONIC,
+    errno, EINTR, EAGAIN, ETIMEDOUT, ECONNRESET,
 )
 
 NAME = "cython"
-MODES = ("stream", "message")
 
-# Shared with pytcpecho.pattern and pytcpecho.histogram: keep in step.
-DEF BLOCK_SHIFT = 16
-DEF BLOCK = 1 << BLOCK_SHIFT
-DEF HEADER = 8
-DEF SUB_BITS = 6
-DEF SUB = 1 << SUB_BITS
-DEF NBUCKETS = SUB * 40
-DEF CHUNK = 256 * 1024
-# How long a client without a timeout waits for the close after an intact echo.
-DEF EOF_WAIT_MS = 10000
 
-HISTOGRAM_BUCKETS = NBUCKETS
+cdef int check_constants() except -1:
+    """Refuse to load when a compiled-in copy differs from pytcpecho.constants."""
+    cdef tuple mirrored = (
+        ("BLOCK_SHIFT", BLOCK_SHIFT), ("BLOCK", BLOCK), ("HEADER", HEADER),
+        ("SUB_BITS", SUB_BITS), ("SUB", SUB), ("NBUCKETS", NBUCKETS), ("CHUNK", CHUNK),
+        ("PIPE_SIZE", PIPE_SIZE), ("EOF_WAIT_MS", EOF_WAIT_MS),
+        ("SIGNAL_POLL_NS", SIGNAL_POLL_NS),
+    )
+    for name, value in mirrored:
+        expected = getattr(_constants, name)
+        if value != expected:
+            raise ImportError(
+                f"pytcpecho._core was built with {name} = {value}, but pytcpecho.constants "
+                f"says {expected}: change csrc/_constants.pxd to match and rebuild")
+    return 0
+
+
+check_constants()
 
 
 # -- errors -----------------------------------------------------------------
@@ -54,9 +71,43 @@ cdef int raise_errno(int err) except -1 with gil:
 
 
 cdef int check_signals() except -1 with gil:
-    """After EINTR: run Python signal handlers (they may raise), then retry."""
+    """Run Python's signal handlers; one that raises makes this raise."""
     PyErr_CheckSignals()
     return 0
+
+
+cdef int check_rc(ssize_t rc) except -1 nogil:
+    """The one errno path: what a call that returned ``rc`` (-1 and errno on failure,
+    as POSIX calls and the _netio.h helpers do) means for its caller.
+
+    Returns 0 when the call succeeded, and 1 when a signal interrupted it: then
+    Python's signal handlers have run (with the GIL) and none raised, so the
+    caller retries.  A handler's exception propagates; any other failure raises
+    (raise_errno).  Every call is retried in the same way::
+
+        while check_rc(r := call(...)):
+            pass
+
+    A caller that handles an error itself (EAGAIN from a non-blocking call)
+    tests for it first, and leaves the loop with r < 0 when it came::
+
+        while not failed_with(r := call(...), EAGAIN) and check_rc(r):
+            pass
+    """
+    cdef int err
+    if rc >= 0:
+        return 0
+    err = errno
+    if err == EINTR:
+        check_signals()
+        return 1
+    raise_errno(err)
+    return -1
+
+
+cdef inline bint failed_with(ssize_t rc, int err) noexcept nogil:
+    """Whether a call that returned ``rc`` failed with errno ``err``."""
+    return rc < 0 and errno == err
 
 
 cdef inline long long now_ns() noexcept nogil:
@@ -65,26 +116,29 @@ cdef inline long long now_ns() noexcept nogil:
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
+cdef int sleep_until(long long due_ns) except -1 nogil:
+    """Sleep until the monotonic clock reads ``due_ns``."""
+    while check_rc(pte_sleep_until(due_ns)):
+        pass
+    return 0
+
+
 cdef int send_all(int fd, const char *p, size_t n) except -1 nogil:
     """send() until all n bytes are gone; MSG_NOSIGNAL so a gone peer is EPIPE.
 
     A blocking send() comes back short when SO_SNDTIMEO expires with part of
     the data sent: one non-blocking try then tells a stalled reader (nothing
-    fits: that was the timeout) from a slow one (progress: wait again), so a
-    client that stops reading is dropped after one timeout, not two.
+    fits: EAGAIN, raised as the timeout) from a slow one (progress: wait
+    again), so a client that stops reading is dropped after one timeout, not two.
     """
     cdef ssize_t r
     cdef int probing = 0
     while n > 0:
-        r = send(fd, p, n, MSG_NOSIGNAL | (MSG_DONTWAIT if probing else 0))
-        if r >= 0:
-            probing = not probing and <size_t>r < n
-            p += r
-            n -= r
-        elif errno == EINTR:
-            check_signals()
-        else:
-            raise_errno(errno)  # EAGAIN, blocking or probing, is the timeout
+        while check_rc(r := send(fd, p, n, MSG_NOSIGNAL | (MSG_DONTWAIT if probing else 0))):
+            pass
+        probing = not probing and <size_t>r < n
+        p += r
+        n -= r
     return 0
 
 
@@ -157,6 +211,11 @@ cdef class EchoSession:
     ``run()`` returns "eof" when the client closed, "limit" when it sent more
     than ``max_bytes``; errors raise OSError.  The counters are plain C fields,
     readable from Python while the loop runs.
+
+    The buffer is allocated once, here; ``run()`` allocates nothing, and
+    ``attach()`` hands the session (and its buffer) to the next connection, so
+    a worker thread can serve connection after connection with one session.
+    ``fd`` may be -1 when ``attach()`` comes before the first ``run()``.
     """
 
     cdef int fd
@@ -169,10 +228,10 @@ cdef class EchoSession:
     cdef readonly long long bytes_out
     cdef readonly long long messages
 
-    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=102400,
+    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=DEFAULT_SIZE,
                   long long max_bytes=0, object on_message=None, Py_ssize_t bufsize=CHUNK):
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0 or bufsize <= 0:
             raise ValueError("size and bufsize must be positive")
         self.fd = fd
@@ -190,6 +249,8 @@ cdef class EchoSession:
         free(self.buf)
 
     def attach(self, int fd):
+        """Serve a new connection on fd with this session: counters (bytes_in,
+        bytes_out, messages) back to zero, the buffer kept."""
         self.fd = fd
         self.bytes_in = self.bytes_out = self.messages = 0
 
@@ -209,23 +270,15 @@ cdef class EchoSession:
         if self.max_bytes > 0:
             if self.bytes_in >= self.max_bytes:
                 # At the limit: one more byte means over it, EOF means done.
-                while True:
-                    r = recv(self.fd, &probe, 1, MSG_PEEK)
-                    if r >= 0:
-                        return -1 if r > 0 else 0
-                    if errno != EINTR:
-                        raise_errno(errno)
-                    check_signals()
+                while check_rc(r := recv(self.fd, &probe, 1, MSG_PEEK)):
+                    pass
+                return -1 if r > 0 else 0
             if <long long>want > self.max_bytes - self.bytes_in:
                 want = <size_t>(self.max_bytes - self.bytes_in)
-        while True:
-            r = recv(self.fd, p, want, 0)
-            if r >= 0:
-                self.bytes_in += r
-                return r
-            if errno != EINTR:
-                raise_errno(errno)
-            check_signals()
+        while check_rc(r := recv(self.fd, p, want, 0)):
+            pass
+        self.bytes_in += r
+        return r
 
     cdef int _stream(self) except -1 nogil:
         cdef ssize_t n
@@ -307,8 +360,8 @@ cdef class ClientSession:
 
     def __cinit__(self, int fd, long long size, bytes base, str mode="message",
                   object timeout=None):
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0:
             raise ValueError("size must be positive")
         if len(base) != BLOCK:
@@ -372,7 +425,7 @@ cdef class ClientSession:
         if count > MAX_BYTES // self.size:  # 64-bit stream offsets must not overflow
             raise ValueError(f"size x count is too large: at most {MAX_BYTES} bytes a run")
         # Only the main thread runs Python's signal handlers; there a fast loop
-        # that never blocks (so never sees EINTR) must look for them itself.
+        # that never blocks (so is never interrupted) must look for them itself.
         self.watch_signals = threading.current_thread() is threading.main_thread()
         self.signals_checked_ns = now_ns()
         with nogil:
@@ -392,7 +445,7 @@ cdef class ClientSession:
             self.spins += 1
             if self.spins & 63 == 0:
                 t = now_ns()
-                if t - self.signals_checked_ns >= 50000000:
+                if t - self.signals_checked_ns >= SIGNAL_POLL_NS:
                     self.signals_checked_ns = t
                     check_signals()
         return 0
@@ -411,29 +464,24 @@ cdef class ClientSession:
         pfd.fd = self.fd
         pfd.events = POLLIN
         while True:
-            ready = poll(&pfd, 1, wait_ms)
+            while check_rc(ready := poll(&pfd, 1, wait_ms)):
+                pass
             if ready == 0:
                 return 0
-            if ready < 0:
-                if errno != EINTR:
-                    raise_errno(errno)
-                check_signals()
-                continue
-            r = recv(self.fd, self.rbuf, self.chunk, MSG_DONTWAIT)
+            while (not failed_with(r := recv(self.fd, self.rbuf, self.chunk, MSG_DONTWAIT),
+                                   EAGAIN)
+                   and not failed_with(r, ECONNRESET) and check_rc(r)):
+                pass
             if r > 0:
                 self.long_echo = r
                 return 1
             if r == 0 or errno == ECONNRESET:
                 return 0
-            if errno == EINTR:
-                check_signals()
-            elif errno != EAGAIN:
-                raise_errno(errno)
+            # EAGAIN: nothing to read after all; wait again
 
     cdef int _lockstep(self, long long count, long long interval_ns, long long deadline,
                        bint finish) except -1 nogil:
         cdef long long i = 0, start = now_ns(), due, t
-        cdef timespec ts
         cdef int rc
         cdef bint last
         while (count <= 0 or i < count) and not self.stop_flag:
@@ -444,10 +492,7 @@ cdef class ClientSession:
             if interval_ns > 0:
                 due = start + i * interval_ns
                 if due > t:
-                    ts.tv_sec = due // 1000000000
-                    ts.tv_nsec = due % 1000000000
-                    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR:
-                        check_signals()
+                    sleep_until(due)
             last = finish and count > 0 and i + 1 == count
             rc = self._transfer(self.size, last)
             if rc != 0:
@@ -503,10 +548,11 @@ cdef class ClientSession:
         cdef long long end = self.offset + length
         cdef long long sbuf_start = 0, sbuf_end = 0
         cdef unsigned char *sbuf = NULL
+        cdef const unsigned char *p
         cdef ssize_t r
-        cdef size_t want
+        cdef size_t want, left
         cdef long long bad
-        cdef int progressed, ready
+        cdef int progressed, ready, flags
         cdef pollfd pfd
         pfd.fd = self.fd
         while recv_off < end:
@@ -523,21 +569,26 @@ cdef class ClientSession:
                     sbuf = self._window(send_off, want)
                     sbuf_start = send_off
                     sbuf_end = send_off + want
-                r = send(self.fd, sbuf + (send_off - sbuf_start), <size_t>(sbuf_end - send_off),
-                         MSG_NOSIGNAL | MSG_DONTWAIT)
+                p = sbuf + (send_off - sbuf_start)
+                left = <size_t>(sbuf_end - send_off)
+                while (not failed_with(r := send(self.fd, p, left, MSG_NOSIGNAL | MSG_DONTWAIT),
+                                       EAGAIN)
+                       and check_rc(r)):
+                    pass
                 if r > 0:
                     send_off += r
                     self.bytes_sent += r
                     progressed = 1
-                elif errno != EAGAIN and errno != EINTR:
-                    raise_errno(errno)
             if finish and send_off == end and not self.shut:
                 shutdown(self.fd, SHUT_WR)  # all sent: a message-mode peer may echo a short tail now
                 self.shut = 1
             if recv_off < send_off:
                 want = self.chunk if send_off - recv_off > <long long>self.chunk else <size_t>(send_off - recv_off)
                 # With nothing left to send, wait in recv() itself (SO_RCVTIMEO).
-                r = recv(self.fd, self.rbuf, want, MSG_DONTWAIT if send_off < end else 0)
+                flags = MSG_DONTWAIT if send_off < end else 0
+                while (not failed_with(r := recv(self.fd, self.rbuf, want, flags), EAGAIN)
+                       and check_rc(r)):
+                    pass
                 if r > 0:
                     bad = pattern_mismatch(self.base, self.rbuf, recv_off, <size_t>r)
                     if bad >= 0:
@@ -550,25 +601,16 @@ cdef class ClientSession:
                 elif r == 0:
                     self.short_echo = 1
                     return 1
-                elif errno == EINTR:
-                    check_signals()
-                    progressed = 1
-                elif errno == EAGAIN:
-                    if send_off >= end:
-                        raise_errno(ETIMEDOUT)
-                else:
-                    raise_errno(errno)
+                elif send_off >= end:  # EAGAIN from the blocking recv(): SO_RCVTIMEO expired
+                    raise_errno(ETIMEDOUT)
             if not progressed:
                 pfd.events = POLLIN
                 if send_off < end:
                     pfd.events |= POLLOUT
-                ready = poll(&pfd, 1, self.timeout_ms)
+                while check_rc(ready := poll(&pfd, 1, self.timeout_ms)):
+                    pass
                 if ready == 0:
                     raise_errno(ETIMEDOUT)
-                if ready < 0:
-                    if errno != EINTR:
-                        raise_errno(errno)
-                    check_signals()
         self.offset = end
         return 0
 

@@ -1,10 +1,14 @@
 # Included at the end of _core.pyx: the splice echo loop and the bench's
 # connect-per-message client loop.  Both run without the GIL, like the rest.
 
-from _netio cimport (pte_addr, pte_addr_set, pte_connect, pte_pipe, pte_splice, close,
-                     EINVAL, ENOSYS, EOPNOTSUPP, EPIPE)
+from _netio cimport (pte_addr, pte_addr_set, pte_socket, pte_connect, pte_connect_result,
+                     pte_pipe, pte_splice)
+from _sys cimport close, EINVAL, ENOSYS, EOPNOTSUPP, EPIPE
 
-DEF PIPE_SIZE = 1024 * 1024
+
+cdef inline bint splice_refused(ssize_t rc) noexcept nogil:
+    """Whether splice() failed because it cannot move this socket's bytes at all."""
+    return failed_with(rc, EINVAL) or failed_with(rc, ENOSYS) or failed_with(rc, EOPNOTSUPP)
 
 
 # -- server: splice() -------------------------------------------------------------
@@ -18,6 +22,7 @@ cdef class SpliceSession:
     the socket (EINVAL), the connection falls back to the copy loop of
     EchoSession.  Timeouts: splice() honours SO_RCVTIMEO/SO_SNDTIMEO like
     recv()/send(), so an idle peer ends as TimeoutError here too.
+    ``attach()`` hands the session to the next connection, as EchoSession's does.
     """
 
     cdef int fd
@@ -28,9 +33,8 @@ cdef class SpliceSession:
     cdef long long _in
     cdef long long _out
     cdef EchoSession fallback
-    cdef readonly bint spliced
 
-    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=102400,
+    def __cinit__(self, int fd, str mode="stream", Py_ssize_t size=DEFAULT_SIZE,
                   long long max_bytes=0, object on_message=None, Py_ssize_t bufsize=PIPE_SIZE):
         if mode != "stream":
             raise ValueError(f"the splice core echoes streams only: mode {mode!r} needs "
@@ -52,6 +56,15 @@ cdef class SpliceSession:
             close(self.pipe_w)
             self.pipe_r = self.pipe_w = -1
 
+    def attach(self, int fd):
+        """Serve a new connection on fd with this session: counters (bytes_in,
+        bytes_out, messages) back to zero; a pipe left from the last connection
+        is closed and its copy-loop fallback dropped."""
+        self._close_pipe()
+        self.fallback = None
+        self.fd = fd
+        self._in = self._out = 0
+
     @property
     def bytes_in(self):
         return self.fallback.bytes_in if self.fallback is not None else self._in
@@ -64,48 +77,38 @@ cdef class SpliceSession:
     def messages(self):
         return 0
 
-    def attach(self, int fd):
-        self._close_pipe()
-        self.fd = fd
-        self._in = self._out = 0
-        self.fallback = None
-
     def run(self):
         cdef int rc
-        with nogil:
-            rc = self._splice()
-        if rc == 2:
-            self.fallback = EchoSession(self.fd, "stream", 1, self.max_bytes)
-            self.fallback.bytes_in = self._in
-            self.fallback.bytes_out = self._out
+        try:
             with nogil:
-                rc = self.fallback._stream()
-        self._close_pipe()
+                rc = self._splice()
+            if rc == 2:
+                self.fallback = EchoSession(self.fd, "stream", 1, self.max_bytes)
+                self.fallback.bytes_in = self._in
+                self.fallback.bytes_out = self._out
+                with nogil:
+                    rc = self.fallback._stream()
+        finally:
+            self._close_pipe()
         return "limit" if rc == 1 else "eof"
 
     cdef int _wait_first_byte(self) except -1 nogil:
         """Block (SO_RCVTIMEO applies) until data or EOF is there; 1 if data."""
         cdef char probe
         cdef ssize_t r
-        while True:
-            r = recv(self.fd, &probe, 1, MSG_PEEK)
-            if r >= 0:
-                return 1 if r > 0 else 0
-            if errno != EINTR:
-                raise_errno(errno)
-            check_signals()
+        while check_rc(r := recv(self.fd, &probe, 1, MSG_PEEK)):
+            pass
+        return 1 if r > 0 else 0
 
     cdef int _splice(self) except -1 nogil:
         """0 at EOF, 1 over max_bytes, 2 when splice is refused (nothing moved yet)."""
         cdef int fds[2]
-        cdef long n, m, left
+        cdef ssize_t n, m, left
         cdef size_t want
-        cdef int err
         if not self._wait_first_byte():
             return 0
-        err = pte_pipe(fds, <int>self.bufsize)
-        if err < 0:
-            raise_errno(-err)
+        while check_rc(pte_pipe(fds, <int>self.bufsize)):
+            pass
         self.pipe_r = fds[0]
         self.pipe_w = fds[1]
         while True:
@@ -115,27 +118,23 @@ cdef class SpliceSession:
                     return 1 if self._wait_first_byte() else 0
                 if <long long>want > self.max_bytes - self._in:
                     want = <size_t>(self.max_bytes - self._in)
-            n = pte_splice(self.fd, self.pipe_w, want, 0)
+            while not splice_refused(n := pte_splice(self.fd, self.pipe_w, want)) and check_rc(n):
+                pass
             if n == 0:
                 return 0
             if n < 0:
-                if -n == EINTR:
-                    check_signals()
-                    continue
-                if (-n == EINVAL or -n == ENOSYS or -n == EOPNOTSUPP) and self._in == 0:
+                if self._in == 0:
                     return 2
-                raise_errno(<int>-n)
+                raise_errno(errno)
             self._in += n
             left = n
             while left > 0:
-                m = pte_splice(self.pipe_r, self.fd, <size_t>left, 0)
-                if m > 0:
-                    left -= m
-                    self._out += m
-                elif m < 0 and -m == EINTR:
-                    check_signals()
-                else:
-                    raise_errno(<int>-m if m < 0 else EPIPE)
+                while check_rc(m := pte_splice(self.pipe_r, self.fd, <size_t>left)):
+                    pass
+                if m == 0:
+                    raise_errno(EPIPE)
+                left -= m
+                self._out += m
 
 
 # -- client: connect, one message, close, again -----------------------------------
@@ -171,9 +170,34 @@ cdef class ConnectEachSession(ClientSession):
             rc = self._each(count, interval_ns, deadline)
         return rc == 0
 
+    cdef int _connect(self) except -1 nogil:
+        """A new connected socket to the target; on failure it is closed and this raises."""
+        cdef int fd, ready
+        cdef bint connected = 0
+        cdef pollfd pfd
+        while check_rc(fd := pte_socket(&self.addr, self.timeout_ms)):
+            pass
+        try:
+            if check_rc(pte_connect(fd, &self.addr)):
+                # A signal interrupted connect(), and the kernel goes on connecting
+                # (connect() again would say EALREADY): wait until the socket is
+                # writable, then read how the attempt ended.
+                pfd.fd = fd
+                pfd.events = POLLOUT
+                while check_rc(ready := poll(&pfd, 1, self.timeout_ms)):
+                    pass
+                if ready == 0:
+                    raise_errno(ETIMEDOUT)
+                while check_rc(pte_connect_result(fd)):
+                    pass
+            connected = 1
+        finally:
+            if not connected:
+                close(fd)
+        return fd
+
     cdef int _each(self, long long count, long long interval_ns, long long deadline) except -1 nogil:
         cdef long long i = 0, start = now_ns(), due, t
-        cdef timespec ts
         cdef int rc, fd
         while (count <= 0 or i < count) and not self.stop_flag:
             t = now_ns()
@@ -183,13 +207,8 @@ cdef class ConnectEachSession(ClientSession):
             if interval_ns > 0:
                 due = start + i * interval_ns
                 if due > t:
-                    ts.tv_sec = due // 1000000000
-                    ts.tv_nsec = due % 1000000000
-                    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR:
-                        check_signals()
-            fd = pte_connect(&self.addr, self.timeout_ms)
-            if fd < 0:
-                raise_errno(-fd)
+                    sleep_until(due)
+            fd = self._connect()
             self.connections += 1
             self.fd = fd
             self.offset = 0

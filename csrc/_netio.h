@@ -1,6 +1,8 @@
-/* Small socket and splice helpers for the Cython core (bench and splice additions).
- * Each returns 0 or a result >= 0 on success and -errno on failure, never touching
- * Python, so they run without the GIL. */
+/* Small socket, splice and clock helpers for the Cython core.
+ * Each behaves like a POSIX call: a result >= 0 on success, -1 with errno set on
+ * failure.  None touches Python, so they run without the GIL, and none retries:
+ * an interrupted call comes back to the core, which runs Python's signal handlers
+ * and decides what to do (csrc/_core.pyx, check_rc). */
 #ifndef PYTCPECHO_NETIO_H
 #define PYTCPECHO_NETIO_H
 
@@ -9,8 +11,8 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -43,34 +45,17 @@ static int pte_addr_set(pte_addr *a, const char *packed, size_t n, int port,
         a->len = sizeof(*s);
         return 0;
     }
-    return -EINVAL;
+    errno = EINVAL;
+    return -1;
 }
 
-/* The end of a connect() a signal interrupted: the kernel goes on connecting (calling
- * connect() again would say EALREADY), so wait for it and read its outcome. */
-static int pte_connect_outcome(int fd, int timeout_ms) {
-    struct pollfd p;
-    int err = 0, r;
-    socklen_t len = sizeof(err);
-    p.fd = fd;
-    p.events = POLLOUT;
-    do {
-        r = poll(&p, 1, timeout_ms > 0 ? timeout_ms : -1);
-    } while (r < 0 && errno == EINTR);
-    if (r == 0)
-        return ETIMEDOUT;
-    if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-        return errno;
-    return err;
-}
-
-/* A blocking, connected TCP socket with TCP_NODELAY and SO_RCVTIMEO/SO_SNDTIMEO
- * (which also bounds connect()); timeout_ms < 0 waits forever. Returns the fd. */
-static int pte_connect(const pte_addr *a, int timeout_ms) {
+/* A blocking TCP socket for `a` with TCP_NODELAY and SO_RCVTIMEO/SO_SNDTIMEO
+ * (which also bound connect()); timeout_ms < 0 waits forever.  Returns the fd. */
+static int pte_socket(const pte_addr *a, int timeout_ms) {
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1, err;
+    int one = 1;
     if (fd < 0)
-        return -errno;
+        return -1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (timeout_ms > 0) {
         struct timeval tv;
@@ -79,34 +64,60 @@ static int pte_connect(const pte_addr *a, int timeout_ms) {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     }
-    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
-        err = errno;
-        if (err == EINTR)
-            err = pte_connect_outcome(fd, timeout_ms);
-        else if (err == EINPROGRESS)  /* SO_SNDTIMEO expired */
-            err = ETIMEDOUT;
-        if (err != 0) {
-            close(fd);
-            return -err;
-        }
-    }
     return fd;
+}
+
+/* connect() fd to `a`.  A blocking connect() whose SO_SNDTIMEO expires fails with
+ * EINPROGRESS; that is reported as the timeout it is (ETIMEDOUT). */
+static int pte_connect(int fd, const pte_addr *a) {
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+        return 0;
+    if (errno == EINPROGRESS)
+        errno = ETIMEDOUT;
+    return -1;
+}
+
+/* The outcome of a connect() that went on in the kernel (read once fd is writable):
+ * 0 if it connected, else -1 with errno set to why it did not. */
+static int pte_connect_result(int fd) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        return -1;
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    return 0;
 }
 
 /* A pipe for splice(), sized to `size` bytes where the kernel lets us. */
 static int pte_pipe(int fds[2], int size) {
     if (pipe2(fds, O_CLOEXEC) != 0)
-        return -errno;
+        return -1;
     if (size > 0)
         fcntl(fds[1], F_SETPIPE_SZ, size);  /* best effort: the default 64 KiB also works */
     return 0;
 }
 
-/* splice() up to n bytes from in to out; returns bytes moved or -errno. */
-static ssize_t pte_splice(int in, int out, size_t n, int more) {
-    ssize_t r = splice(in, NULL, out, NULL, n,
-                       SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
-    return r >= 0 ? r : -errno;
+/* splice() up to n bytes from in to out: bytes moved, 0 at EOF, or -1. */
+static ssize_t pte_splice(int in, int out, size_t n) {
+    return splice(in, NULL, out, NULL, n, SPLICE_F_MOVE);
+}
+
+/* Sleep until the CLOCK_MONOTONIC time `due_ns`.  clock_nanosleep() returns its
+ * error number instead of setting errno; this sets errno and returns -1. */
+static int pte_sleep_until(long long due_ns) {
+    struct timespec ts;
+    int err;
+    ts.tv_sec = (time_t)(due_ns / 1000000000);
+    ts.tv_nsec = (long)(due_ns % 1000000000);
+    err = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    return 0;
 }
 
 #endif

@@ -3,6 +3,9 @@
 cdef extern from "<sys/types.h>":
     ctypedef long ssize_t
 
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
@@ -22,8 +25,6 @@ cdef extern from "<poll.h>" nogil:
     enum:
         POLLIN
         POLLOUT
-        POLLERR
-        POLLHUP
 
 cdef extern from "<time.h>" nogil:
     struct timespec:
@@ -31,15 +32,16 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     enum:
         CLOCK_MONOTONIC
-        TIMER_ABSTIME
     int clock_gettime(int clk, timespec *ts)
-    int clock_nanosleep(int clk, int flags, const timespec *req, timespec *rem)
 
 cdef extern from "<errno.h>" nogil:
     int errno
     enum:
         EINTR
         EAGAIN
-        EWOULDBLOCK
         ETIMEDOUT
         ECONNRESET
+        EPIPE
+        EINVAL
+        ENOSYS
+        EOPNOTSUPP

@@ -10,21 +10,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
+import os
 import select
 import socket
 import time
 from collections.abc import Callable
 
-from .histogram import NBUCKETS, bucket_of
+from .constants import (
+    BLOCK,
+    CHUNK,
+    DEFAULT_SIZE,
+    EOF_WAIT_MS,
+    MAX_BYTES,
+    MAX_TIMEOUT,
+    MODES,
+    NBUCKETS,
+)
+from .histogram import bucket_of
 from .pattern import Pattern
-from .sockets import MAX_TIMEOUT, make_blocking, set_io_timeout, set_nodelay
-from .units import MAX_BYTES
+from .sockets import make_blocking, set_io_timeout, set_nodelay
 
 NAME = "python"
-MODES = ("stream", "message")
-EOF_WAIT_MS = 10000  # how long a client without a timeout waits for the close after its echo
-HISTOGRAM_BUCKETS = NBUCKETS
-CHUNK = 256 * 1024
+__all__ = ["MODES", "NAME", "ClientSession", "ConnectEachSession", "EchoSession"]  # the contract
 
 
 def _timeout() -> TimeoutError:
@@ -72,17 +79,21 @@ class _Borrowed:
 
 
 class EchoSession:
-    """One server connection: see the Cython core's EchoSession."""
+    """One server connection: see the Cython core's EchoSession.
+
+    ``attach()`` hands the session, and its buffer, to the next connection;
+    ``fd`` may be -1 when ``attach()`` comes before the first ``run()``.
+    """
 
     bytes_in: int
     bytes_out: int
     messages: int
 
-    def __init__(self, fd: int, mode: str = "stream", size: int = 102400, max_bytes: int = 0,
-                 on_message: Callable[[int], object] | None = None,
+    def __init__(self, fd: int, mode: str = "stream", size: int = DEFAULT_SIZE,
+                 max_bytes: int = 0, on_message: Callable[[int], object] | None = None,
                  bufsize: int = CHUNK) -> None:
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0 or bufsize <= 0:
             raise ValueError("size and bufsize must be positive")
         self._fd = fd
@@ -95,10 +106,14 @@ class EchoSession:
         self.messages = 0
 
     def attach(self, fd: int) -> None:
+        """Serve a new connection on fd with this session: counters (bytes_in,
+        bytes_out, messages) back to zero, the buffer kept."""
         self._fd = fd
         self.bytes_in = self.bytes_out = self.messages = 0
 
     def run(self) -> str:
+        if self._fd < 0:  # as recv() on fd -1 says in the Cython core
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         with _Borrowed(self._fd) as sock:
             try:
                 ended = self._messages(sock) if self._message_mode else self._stream(sock)
@@ -163,8 +178,8 @@ class ClientSession:
 
     def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
                  timeout: float | None = None) -> None:
-        if mode not in ("stream", "message"):
-            raise ValueError(f"mode must be 'stream' or 'message', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0:
             raise ValueError("size must be positive")
         self._fd = fd
@@ -174,7 +189,7 @@ class ClientSession:
             raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
         self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
         self._pattern = Pattern(base)
-        self._chunk = max(min(size, CHUNK), 65536)
+        self._chunk = max(min(size, CHUNK), BLOCK)
         self._rbuf = bytearray(self._chunk)
         self._hist = [0] * NBUCKETS
         self._offset = 0
@@ -220,7 +235,7 @@ class ClientSession:
         while poller.poll(wait_ms):
             try:
                 r = sock.recv_into(self._rbuf, self._chunk, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:  # nothing to read after all: wait again
                 continue
             except ConnectionResetError:
                 return True
@@ -342,9 +357,8 @@ class ClientSession:
 
 
 class ConnectEachSession(ClientSession):
-    """The seed's pattern: each message on a new connection (see the Cython core's).
-
-    Construct with fd=-1, name the server with target(), then run_each().
+    """The original exercise's pattern: each message on a new connection (see the Cython
+    core's).  Construct with fd=-1, name the server with target(), then run_each().
     """
 
     connections: int

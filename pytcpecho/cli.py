@@ -1,5 +1,8 @@
-"""The ``pytcpecho`` command: serve, client, ping, demo.
+"""The ``pytcpecho`` command: serve, client, ping, demo, bench.
 
+This module parses arguments and hands each command to the code that runs it:
+a serve process is ``pytcpecho.serving`` (one process) or
+``pytcpecho.supervisor`` (``--workers``), which import nothing from here.
 Bad input is one line on stderr and exit status 2; a server out of reach is
 one line and status 3; an echo that did not come back intact is status 1.
 """
@@ -9,21 +12,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import NoReturn
 
-from . import config, logs
+from . import config, loadgen, logs, serving, supervisor, switch
 from . import core as cores
 from ._version import __version__
 from .client import EchoClient, EchoError, EchoResult, Progress
 from .constants import (
+    BENCH_CONNECTIONS,
+    BENCH_DURATION,
+    BENCH_INTERVAL,
+    BENCH_SIZE,
+    DEFAULT_GRACE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_PORT,
@@ -31,29 +34,24 @@ from .constants import (
     DEFAULT_TIMEOUT,
     DEFAULT_WORKER_IDLE,
     MAX_BYTES,
+    MAX_MESSAGE_SIZE,
     MAX_TIMEOUT,
     MODES,
+    PING_SIZE,
+    PING_TIMEOUT,
 )
-from .server import EchoServer
-from .units import (
-    format_hostport,
-    parse_hostport,
-    parse_port,
-    parse_size,
-    plural,
+from .contract import ContractError
+from .demo import run_demo
+from .status import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_INTACT,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    UsageError,
 )
-
-EXIT_OK, EXIT_NOT_INTACT, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_SERVER_FAILED = 1  # serve: the accept loop itself failed
-EXIT_BROKEN_PIPE = 128 + 13  # stdout closed under us: what a process killed by SIGPIPE gives
-DEFAULT_GRACE = 10.0
-CLOSE_TIMEOUT = 0.5  # after the grace period: closed connections' threads get this long to end
-
-log = logging.getLogger("pytcpecho")
-
-
-class UsageError(Exception):
-    """Bad input found after parsing: reported like an argparse error."""
+from .units import format_hostport, parse_hostport, parse_port, parse_size
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,8 +131,9 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="stream: echo bytes as they come (RFC 862); message: read --size "
                         "bytes, send them back, repeat (default: stream)")
     p.add_argument("--size", type=SIZE, default=DEFAULT_SIZE,
-                   help="message size in message mode, at most 64MiB: each connection holds "
-                        "a buffer of this size (default: 102400, e.g. 100KiB, 1MiB)")
+                   help=f"message size in message mode, at most {MAX_MESSAGE_SIZE >> 20}MiB: "
+                        "each connection holds a buffer of this size "
+                        f"(default: {DEFAULT_SIZE}, e.g. 100KiB, 1MiB)")
     p.add_argument("--core", choices=cores.CORES, default="auto",
                    help="echo loop implementation (default: auto, the Cython one if built)")
     p.add_argument("--max-clients", type=COUNT, default=DEFAULT_MAX_CLIENTS,
@@ -167,85 +166,25 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="text: plain lines; json: one JSON object per line (default: text)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-connection lines")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
-    p.set_defaults(run=_serve_command, report_stats=None)
+    p.set_defaults(run=_serve)
     config.apply_env(p)
 
 
-def _serve_command(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> int:
     """serve: options from the environment too, and one process or a supervisor of many."""
     try:
         config.finish(args)
     except config.EnvError as exc:
         raise UsageError(str(exc)) from None
+    options = serving.ServeOptions(
+        host=args.host, port=args.port, mode=args.mode, size=args.size, core=args.core,
+        max_clients=args.max_clients, idle_timeout=args.idle_timeout,
+        max_bytes=args.max_bytes, allow=tuple(args.allow), deny=tuple(args.deny),
+        grace=args.grace, worker_idle=args.worker_idle, reuse_port=args.reuse_port,
+        verbose=args.verbose, quiet=args.quiet, log_format=args.log_format)
     if args.workers == 1:
-        return _serve(args)
-    from . import supervisor
-
-    logs.setup(args.verbose, args.quiet, args.log_format)
-    try:
-        cores.load(args.core)
-        return supervisor.run(args)
-    except (RuntimeError, supervisor.SupervisorError) as exc:
-        raise UsageError(str(exc)) from None
-
-
-SERVE_THREAD_STACK = 256 * 1024  # connection threads run C loops: a small stack suffices
-
-
-def _raise_nofile_limit() -> None:
-    """Room for as many connections as the hard limit allows (soft RLIMIT_NOFILE up to it)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _serve(args: argparse.Namespace) -> int:
-    # Handlers first: as PID 1 (a container), a signal without one is ignored.
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            _say(f"{signal.Signals(signum).name} again: exiting now")
-            os._exit(EXIT_NOT_INTACT)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    logs.setup(args.verbose, args.quiet, args.log_format)
-    _raise_nofile_limit()
-    threading.stack_size(SERVE_THREAD_STACK)
-    try:
-        server = EchoServer((args.host, args.port), mode=args.mode, size=args.size,
-                            core=args.core, max_clients=args.max_clients,
-                            idle_timeout=args.idle_timeout, max_bytes=args.max_bytes,
-                            allow=args.allow, deny=args.deny, worker_idle=args.worker_idle,
-                            reuse_port=args.reuse_port)
-    except (ValueError, RuntimeError) as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        where = format_hostport(args.host or "*", args.port)
-        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-
-    server.start()  # the connection threads accept: no thread waits for this one
-    stop.wait()
-    server.shutdown()  # stop accepting before anything else
-    active = server.stats.active
-    log.info("Shutting down: %d connection%s in flight, up to %g s to finish",
-             active, plural(active), args.grace)
-    if not server.drain(args.grace):
-        left = server.stats.active
-        log.warning("Grace period over: closing %d connection%s", left, plural(left))
-    server.close(timeout=CLOSE_TIMEOUT)
-    s = server.stats
-    log.info("Served %d connection%s, echoed %d bytes, %d error%s "
-             "(%d idle timeouts, %d over --max-bytes, %d refused)",
-             s.total, plural(s.total), s.bytes_out, s.errors, plural(s.errors),
-             s.timed_out, s.over_limit, s.refused)
-    if args.report_stats:  # a worker of serve --workers: its supervisor sums these
-        args.report_stats(s)
-    return EXIT_OK
+        return serving.run(options)
+    return supervisor.run(options, args.workers)
 
 
 # -- client and ping ------------------------------------------------------------
@@ -322,7 +261,7 @@ def _add_ping(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("ping", help="health check: echo a few bytes, exit 0 if intact",
                        description="Open a connection, echo --size bytes, check them. "
                                    "Exit 0 when every echo came back intact.")
-    _client_options(p, 64, 3.0)
+    _client_options(p, PING_SIZE, PING_TIMEOUT)
     p.add_argument("--count", "-c", type=COUNT, default=1,
                    help="pings, one connection each (default: 1)")
     p.add_argument("--interval", "-i", type=SECONDS, default=None,
@@ -367,8 +306,6 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     try:
         cores.load(args.core)
     except (ValueError, RuntimeError) as exc:
@@ -383,18 +320,18 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
                        description="Drive an echo server from many connections, verify every "
                                    "byte, report per interval and in total. Exit 0 when all "
                                    "came back intact, 1 on any failure, 3 if none connected.")
-    _client_options(p, 1024, 10.0)
-    p.add_argument("--connections", "-c", type=COUNT, default=10,
-                   help="connections, one thread each (default: 10)")
+    _client_options(p, BENCH_SIZE, DEFAULT_TIMEOUT)
+    p.add_argument("--connections", "-c", type=COUNT, default=BENCH_CONNECTIONS,
+                   help=f"connections, one thread each (default: {BENCH_CONNECTIONS})")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--duration", "-t", type=SECONDS, default=None,
-                     help="seconds to run (default: 10)")
+                     help=f"seconds to run (default: {BENCH_DURATION:g})")
     how.add_argument("--count", "-n", type=COUNT, default=None,
                      help="messages in all, spread over the connections")
-    p.add_argument("--mode", choices=("message", "stream"), default="message",
+    p.add_argument("--mode", choices=MODES, default="message",
                    help="message: round trips of --size; stream: continuous transfer")
-    p.add_argument("--interval", "-i", type=SECONDS, default=1.0,
-                   help="seconds between report lines (default: 1)")
+    p.add_argument("--interval", "-i", type=SECONDS, default=BENCH_INTERVAL,
+                   help=f"seconds between report lines (default: {BENCH_INTERVAL:g})")
     p.add_argument("--rate", type=_arg(_rate, "rate"), default=None, metavar="MSG_PER_S",
                    help="open loop at this many messages/s in all (default: closed loop)")
     p.add_argument("--connect-each", action="store_true",
@@ -415,20 +352,18 @@ def _rate(text: str) -> float:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import loadgen
-
     host, port = args.target
-    config = loadgen.BenchConfig(
+    bench = loadgen.BenchConfig(
         host, port, size=args.size, connections=args.connections,
-        duration=None if args.count else (args.duration or 10.0), count=args.count,
+        duration=None if args.count else (args.duration or BENCH_DURATION), count=args.count,
         mode=args.mode, rate=args.rate, connect_each=args.connect_each, core=args.core,
         timeout=args.timeout, interval=args.interval, seed=args.seed)
     try:
-        gen = loadgen.LoadGenerator(config)
+        gen = loadgen.LoadGenerator(bench)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     if not args.json:
-        _say(loadgen.header(config, gen.core.NAME))
+        _say(loadgen.header(bench, gen.core.NAME))
         _say(loadgen.COLUMNS)
     try:
         result = gen.run(None if args.json else lambda i: _say(loadgen.interval_line(i)))
@@ -452,7 +387,7 @@ def build_parser() -> _Parser:
                      description="TCP echo server and verifying client with a GIL-free "
                                  "Cython core.")
     parser.add_argument("--version", action="version",
-                        version=f"pytcpecho {__version__} (core: {cores.default.NAME})")
+                        version=f"pytcpecho {__version__} (core: {cores.load('auto').NAME})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in COMMANDS:
@@ -461,6 +396,10 @@ def build_parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:  # before anything else: a bad switch or a broken build must not pick a core silently
+        cores.load("auto")
+    except (switch.SwitchError, ContractError) as exc:
+        return _fail("pytcpecho", str(exc), EXIT_USAGE)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.prog = f"pytcpecho {args.command}"
@@ -469,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(args.prog, str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
         logs.silence_stdout()
         return EXIT_BROKEN_PIPE

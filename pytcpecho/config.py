@@ -14,9 +14,9 @@ import argparse
 import os
 from collections.abc import Mapping
 
+from . import switch
+
 PREFIX = "PYTCPECHO_"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def env_name(action: argparse.Action) -> str | None:
@@ -71,9 +71,7 @@ def finish(args: argparse.Namespace) -> None:
 def _convert(action: argparse.Action, text: str) -> object:
     """The value ``text`` means for ``action``, checked as the command line would check it."""
     if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
-        if text.lower() not in _TRUE + _FALSE:
-            raise ValueError("give 1/0, true/false, yes/no or on/off")
-        return (text.lower() in _TRUE) == isinstance(action, argparse._StoreTrueAction)
+        return switch.flag(text) == isinstance(action, argparse._StoreTrueAction)
     if isinstance(action, argparse._CountAction):
         if not text.isdigit():
             raise ValueError("give a whole number, e.g. 1")

@@ -1,10 +1,14 @@
 """Chooses the core: the Cython extension when it is built, else pure Python.
 
 One switch, as in msgpack-python: ``PYTCPECHO_PURE_PYTHON=1`` forces the
-pure-Python core; otherwise the compiled ``pytcpecho._core`` is used when it
-imports.  Servers and clients may also ask for a core by name.  Every core is
-checked against the core contract (``pytcpecho.contract``) when it is loaded,
-so one that lacks a name fails here, in one line, not mid-connection.
+pure-Python core (``pytcpecho.switch`` reads it, for the build too);
+otherwise the compiled ``pytcpecho._core`` is used when it was built.
+Servers and clients may also ask for a core by name.
+
+Every core is checked against the core contract (``pytcpecho.contract``) when
+it is first loaded, so a stale or broken build fails there, in one line,
+rather than in the middle of a connection, and never passes silently for an
+absent one: only a core that was not built at all falls back to pure Python.
 """
 
 from __future__ import annotations
@@ -12,58 +16,84 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _pycore
-from .contract import Core, check_core
+from . import _pycore, switch
+from .contract import ContractError, Core, check_core
 
 CORES = ("auto", "cython", "python", "splice")
 
-_python: Core = _pycore
-_cython: Core | None
-try:
-    from . import _core
-except ImportError:
-    _cython = None
-else:
-    _cython = _core
-_checked: dict[str, Core] = {"python": check_core(_python, "python")}
-if _cython is not None:
-    _checked["cython"] = check_core(_cython, "cython")
+_loaded: dict[str, Core] = {"python": check_core(_pycore, "python")}
+_broken: dict[str, str] = {}  # a compiled core that exists but cannot be used: why
+
+
+def _compiled() -> Core | None:
+    """The compiled core, checked; None where it was not built; ContractError where it
+    was built but does not import or does not implement the contract."""
+    if "cython" in _loaded:
+        return _loaded["cython"]
+    if "cython" in _broken:
+        raise ContractError(_broken["cython"])
+    try:
+        from . import _core
+    except ModuleNotFoundError as exc:
+        if exc.name != "pytcpecho._core":
+            raise
+        return None
+    except ImportError as exc:  # built, but against other constants or another Python
+        _broken["cython"] = f"the compiled core does not import: {exc}"
+        raise ContractError(_broken["cython"]) from None
+    try:
+        _loaded["cython"] = check_core(_core, "cython")
+    except ContractError as exc:
+        _broken["cython"] = str(exc)
+        raise
+    return _loaded["cython"]
 
 
 def cython_available() -> bool:
-    """Whether the compiled core was built and imports."""
-    return _cython is not None
-
-
-def _default() -> Core:
-    if os.environ.get("PYTCPECHO_PURE_PYTHON", "") not in ("", "0") or _cython is None:
-        return _checked["python"]
-    return _checked["cython"]
+    """Whether the compiled core was built and can be used."""
+    try:
+        return _compiled() is not None
+    except ContractError:
+        return False
 
 
 def splice_available() -> bool:
     """Whether the splice core can run: the compiled core on Linux."""
-    return _cython is not None and hasattr(_cython, "SpliceSession") and sys.platform == "linux"
+    return sys.platform == "linux" and cython_available()
 
 
 def load(name: str = "auto") -> Core:
-    """The core module for ``name`` ("auto", "cython", "python" or "splice")."""
+    """The core module for ``name`` ("auto", "cython", "python" or "splice").
+
+    Raises ValueError for an unknown name or a bad PYTCPECHO_PURE_PYTHON,
+    RuntimeError for a core that cannot run here, ContractError (an
+    ImportError) for a compiled core that is built but broken.
+    """
     if name == "auto":
-        return _default()
-    if name in _checked:
-        return _checked[name]
+        if switch.pure_python(os.environ):
+            return _loaded["python"]
+        return _compiled() or _loaded["python"]
+    if name in _loaded:
+        return _loaded[name]
     if name == "cython":
-        raise RuntimeError("the Cython core is not built: reinstall with a C compiler "
-                           "(pip install .) or use --core python")
+        if _compiled() is None:
+            raise RuntimeError("the Cython core is not built: reinstall with a C compiler "
+                               "(pip install .) or use --core python")
+        return _loaded["cython"]
     if name == "splice":
         if not splice_available():
             raise RuntimeError("the splice core needs Linux and the built Cython core: "
                                "use --core cython or python")
-        from . import _splicecore  # imports only where the splice core is wanted
+        from . import _splicecore  # imported only where the splice core is wanted
 
-        _checked[name] = check_core(_splicecore, "splice")
-        return _checked[name]
+        _loaded[name] = check_core(_splicecore, "splice")
+        return _loaded[name]
     raise ValueError(f"unknown core {name!r}: choose from {', '.join(CORES)}")
 
 
-default = _default()
+def __getattr__(name: str) -> Core:
+    """``default``: the core "auto" means now (read on each use, not at import, so a bad
+    PYTCPECHO_PURE_PYTHON is an error where the core is chosen, not at import)."""
+    if name == "default":
+        return load("auto")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

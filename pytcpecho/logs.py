@@ -28,7 +28,7 @@ _PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[diouxXeEfFgGcrs
 _WORD_AFTER = re.compile(r"\s+([a-z]+)")
 _FIELD_NAMES = {"s": "seconds", "connection": "connections", "byte": "bytes",
                 "error": "errors", "client": "clients", "idle": "idle_timeouts",
-                "over": "over_max_bytes"}
+                "over": "over_max_bytes", "worker": "workers"}
 
 
 def structured_fields(record: logging.LogRecord) -> dict[str, Any]:

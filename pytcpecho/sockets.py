@@ -6,8 +6,6 @@ import socket
 import struct
 from typing import Any
 
-from .constants import MAX_TIMEOUT as MAX_TIMEOUT  # TRANSITION: callers move to constants
-
 
 def make_blocking(sock: socket.socket) -> None:
     """Blocking underneath, as the cores need, whatever socket.setdefaulttimeout() set

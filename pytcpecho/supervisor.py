@@ -1,19 +1,20 @@
 """``serve --workers N``: N server processes on one port, kept alive and stopped together.
 
-Every worker is an ordinary ``serve`` (the same code, the same graceful stop)
-listening with SO_REUSEPORT, so the kernel spreads new connections over them
-and no GIL is shared.  The supervisor holds the port (bound, never listening,
-so it gets no connections) for the workers to rebind after a restart, forwards
-SIGTERM/SIGINT, starts a new worker when one dies, and sums the counters the
-workers send back on exit over a pipe.  A worker also dies with its
-supervisor (PR_SET_PDEATHSIG), so none is ever left behind.
+Every worker runs the serve process of ``pytcpecho.serving`` (the same code,
+the same graceful stop as one ``serve``) listening with SO_REUSEPORT, so the
+kernel spreads new connections over them and no GIL is shared.  The supervisor
+holds the port (bound, never listening, so it gets no connections) for the
+workers to rebind after a restart, forwards SIGTERM/SIGINT, starts a new worker
+when one dies, and sums the counters the workers send back on exit over a
+pipe.  A worker also dies with its supervisor (PR_SET_PDEATHSIG), so none is
+ever left behind.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -26,11 +27,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
+from . import core as cores
 from . import logs
 from .server import ServerStats
+from .serving import COUNTERS, PROG, ServeOptions, log_summary
+from .serving import run as serve
 from .sockets import listen_address
+from .status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from .units import format_hostport, plural
 
 log = logging.getLogger("pytcpecho.supervisor")
@@ -38,11 +42,6 @@ log = logging.getLogger("pytcpecho.supervisor")
 STOP_MARGIN = 5.0  # seconds past --grace before a worker that has not stopped is killed
 QUICK_DEATH = 1.0  # a worker that dies younger than this is restarted after a pause
 _PR_SET_PDEATHSIG = 1
-_COUNTERS = ("total", "bytes_in", "bytes_out", "errors", "refused")
-
-
-class SupervisorError(Exception):
-    """The workers cannot run (port taken, a worker refused its options)."""
 
 
 @dataclass
@@ -63,7 +62,7 @@ class Worker:
         os.close(self.stats_fd)
         try:
             report = json.loads(data.decode())
-            return {key: int(report[key]) for key in _COUNTERS}
+            return {key: int(report[key]) for key in COUNTERS}
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -94,13 +93,13 @@ def _describe_exit(status: int) -> str:
 
 
 class Supervisor:
-    """Runs ``count`` workers of the ``serve`` options in ``args`` until SIGTERM/SIGINT."""
+    """Runs ``count`` workers with the serve ``options`` until SIGTERM/SIGINT."""
 
-    def __init__(self, args: argparse.Namespace, count: int) -> None:
-        self.args = args
+    def __init__(self, options: ServeOptions, count: int) -> None:
+        self.options = options
         self.count = count
         self.workers: dict[int, Worker] = {}
-        self.totals = dict.fromkeys(_COUNTERS, 0)
+        self.totals = dict.fromkeys(COUNTERS, 0)
         self.lost = 0  # workers whose counters died with them
         self.restarts = 0
         self._signal: int | None = None
@@ -110,11 +109,8 @@ class Supervisor:
     # -- starting -------------------------------------------------------------
 
     def _spec(self, port: int) -> str:
-        """The worker's options: this serve's, one process, on the held port."""
-        spec: dict[str, Any] = {k: v for k, v in vars(self.args).items()
-                if isinstance(v, str | int | float | bool | list | type(None))}
-        spec.update(port=port, workers=1, reuse_port=True, report_stats=None, env_late={})
-        return json.dumps(spec)
+        """The worker's options: this serve's, on the held port, sharing it."""
+        return dataclasses.replace(self.options, port=port, reuse_port=True).to_json()
 
     def _spawn(self, index: int, spec: str) -> None:
         read_fd, write_fd = os.pipe()
@@ -140,17 +136,17 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until a signal, then stop every worker; the exit status of ``serve``."""
-        host, port = self.args.host, self.args.port
-        for cidr in [*self.args.allow, *self.args.deny]:  # one error line here, not N later
+        host, port = self.options.host, self.options.port
+        for cidr in [*self.options.allow, *self.options.deny]:  # one error line, not N later
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
-                raise SupervisorError(str(exc)) from None
+                raise UsageError(str(exc)) from None
         try:
             holder = reserve_port(host, port)
         except OSError as exc:
             where = format_hostport(host or "*", port)
-            raise SupervisorError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -163,8 +159,8 @@ class Supervisor:
             signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select()
             bound = holder.getsockname()
             spec = self._spec(bound[1])
-            log.info("Supervisor (pid %d): %d workers on %s", os.getpid(), self.count,
-                     format_hostport(host or "*", bound[1]))
+            log.info("Supervisor (pid %d): %d worker%s on %s", os.getpid(), self.count,
+                     plural(self.count), format_hostport(host or "*", bound[1]))
             for index in range(1, self.count + 1):
                 self._spawn(index, spec)
             self._watch(wake_r, spec)
@@ -216,10 +212,10 @@ class Supervisor:
         status = worker.proc.returncode
         self._collect(worker)
         lived = time.monotonic() - worker.started
-        if status == 2 and lived < QUICK_DEATH * 5:  # it refused its options: so would others
-            log.error("Worker %d (pid %d) could not start (status 2): stopping",
-                      worker.index, worker.proc.pid)
-            self._fatal = 2
+        if status == EXIT_USAGE and lived < QUICK_DEATH * 5:  # so would the others
+            log.error("Worker %d (pid %d) could not start (status %d): stopping",
+                      worker.index, worker.proc.pid, status)
+            self._fatal = EXIT_USAGE
             return
         pause = QUICK_DEATH if lived < QUICK_DEATH else 0.0
         log.warning("Worker %d (pid %d) %s: starting a new one%s", worker.index,
@@ -241,7 +237,7 @@ class Supervisor:
     def _stop(self) -> int:
         signum = self._signal or signal.SIGTERM
         self._forward(signum)
-        deadline = time.monotonic() + float(self.args.grace) + STOP_MARGIN
+        deadline = time.monotonic() + self.options.grace + STOP_MARGIN
         failed = self._fatal is not None
         for worker in list(self.workers.values()):
             try:
@@ -255,15 +251,15 @@ class Supervisor:
                 failed = True
             self._collect(worker)
             del self.workers[worker.index]
-        t = self.totals
-        log.info("Served %d connection%s, echoed %d bytes, %d error%s in %d workers%s",
-                 t["total"], plural(t["total"]), t["bytes_out"],
-                 t["errors"], plural(t["errors"]), self.count,
-                 f" ({self.restarts} restarted, {self.lost} lost their counters)"
-                 if self.restarts or self.lost else "")
+        totals = ServerStats(active=0, **self.totals)
+        if self.restarts or self.lost:
+            log_summary(log, totals, " in %d worker%s (%d restarted, %d lost their counters)",
+                        self.count, plural(self.count), self.restarts, self.lost)
+        else:
+            log_summary(log, totals, " in %d worker%s", self.count, plural(self.count))
         if self._fatal is not None:
             return self._fatal
-        return 1 if failed else 0
+        return EXIT_FAILED if failed else EXIT_OK
 
 
 def _drain(fd: int) -> None:
@@ -272,9 +268,14 @@ def _drain(fd: int) -> None:
             pass
 
 
-def run(args: argparse.Namespace) -> int:
-    """``serve --workers N`` (N >= 2)."""
-    return Supervisor(args, int(args.workers)).run()
+def run(options: ServeOptions, workers: int) -> int:
+    """``serve --workers N`` (N >= 2): the exit status; UsageError if they cannot run."""
+    logs.setup(options.verbose, options.quiet, options.log_format)
+    try:
+        cores.load(options.core)  # one error line here, not one per worker
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    return Supervisor(options, workers).run()
 
 
 # -- the worker side ------------------------------------------------------------
@@ -289,23 +290,24 @@ def die_with_parent(parent: int) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """A worker: the ordinary ``serve`` with the supervisor's options, reporting on exit."""
-    spec, index, parent, stats_fd = json.loads(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    """A worker: the ordinary serve process with the supervisor's options, reporting on exit."""
+    index, parent, stats_fd = int(argv[1]), int(argv[2]), int(argv[3])
+    try:
+        options = ServeOptions.from_json(argv[0])
+    except ValueError as exc:  # not from this version's supervisor: stop, do not respawn
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     die_with_parent(parent)
     logs.tag_records(worker=index, pid=os.getpid())
-    from .cli import EXIT_USAGE, UsageError, _serve
-
-    args = argparse.Namespace(**spec)
 
     def report(stats: ServerStats) -> None:
-        counters: dict[str, Any] = {key: getattr(stats, key) for key in _COUNTERS}
+        counters = {key: getattr(stats, key) for key in COUNTERS}
         os.write(stats_fd, json.dumps({"pid": os.getpid(), **counters}).encode() + b"\n")
 
-    args.report_stats = report
     try:
-        return _serve(args)
+        return serve(options, report)
     except UsageError as exc:
-        print(f"{args.prog}: error: {exc}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
 

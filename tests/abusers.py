@@ -1,4 +1,4 @@
-"""Clients that misbehave on purpose, and one that behaves while they do (issue 4).
+"""Clients that misbehave on purpose, and one that behaves while they do.
 
 Each abuser returns figures (clients, bytes, mismatches) for the report; the
 well-behaved SteadyClient keeps one connection exchanging verified messages
@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from support import LOCALHOST
+
 from pytcpecho import core as cores
 from pytcpecho.pattern import make_base
 from pytcpecho.sockets import set_io_timeout
-
-LOCALHOST = "127.0.0.1"
 
 
 @dataclass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 
-from support import LOCALHOST
+from support import LOCALHOST, recv_exactly
 
 Handler = Callable[[socket.socket], None]
 
@@ -161,4 +163,30 @@ def echo_held_back(after: int, release: threading.Event) -> Handler:
             else:
                 conn.sendall(data)
             pos += len(data)
+    return handle
+
+
+def stalling_echo(stall_after: int, stall: float) -> Handler:
+    """Echo 64-byte messages, but stop for ``stall`` s once, after some."""
+    def handle(conn: socket.socket) -> None:
+        for i in itertools.count():
+            data = recv_exactly(conn, 64)
+            if len(data) < 64:
+                return
+            if i == stall_after:
+                time.sleep(stall)  # the stall under test, not a wait for anything
+            conn.sendall(data)
+    return handle
+
+
+def stalling_once(stall_after: int, stall: float) -> Handler:
+    """Echo one 64-byte message per connection; the connection number ``stall_after``
+    waits ``stall`` s first."""
+    numbers = itertools.count()
+
+    def handle(conn: socket.socket) -> None:
+        data = recv_exactly(conn, 64)
+        if next(numbers) == stall_after:
+            time.sleep(stall)  # the stall under test, not a wait for anything
+        conn.sendall(data)
     return handle

@@ -1,31 +1,37 @@
-"""The seed's Docker network, rebuilt from network namespaces (issue 4).
+"""A Docker-like bridge network made of real network namespaces: the one lab of the tests.
 
-One namespace holds a bridge; each host (a server, two clients) has its own
-namespace with ``eth0`` on that bridge, an address in 198.18.0.0/24 (the
-benchmarking range, RFC 2544; no other addresses are ever used) and a hosts
-file in /etc/netns/NAME/hosts, which ``ip netns exec`` mounts over
-/etc/hosts, so the clients reach the server by name as the seed's did.
-Names carry the test process's pid, and ``close()`` removes everything it
-made even after a failure.
+One namespace holds a bridge; each host has a namespace of its own with
+``eth0`` on that bridge, an address in 198.18.0.0/24 (the benchmarking
+range, RFC 2544; no other addresses are ever used) and a hosts file in
+/etc/netns/NAME/hosts, which ``ip netns exec`` mounts over /etc/hosts, so
+hosts reach each other by name.  Every lab is a network of its own, so labs
+built at the same time may use the same addresses.  Names carry the test
+process's pid and a serial number, and ``close()`` removes everything the
+lab made (namespaces, the processes in them, hosts files) even after a
+failure.  ``require_lab()`` is the one availability check: where a lab
+cannot be built the test is skipped, and with CI=true it fails.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from support import CI, ServeProcess
+from support import ServeProcess, require
 
 ROOT = Path(__file__).resolve().parent.parent
 NETNS_ETC = Path("/etc/netns")
+SUBNET = "198.18.0"
 PREFIX_LEN = 24
-SERVER = "z34_server2"  # the seed's server hostname
-HOSTS = {SERVER: "198.18.0.1", "z34_client1": "198.18.0.2", "z34_client2": "198.18.0.3"}
-for _address in HOSTS.values():
-    assert _address.startswith("198.18."), "only 198.18.0.0/15 may be used"
+assert SUBNET.startswith("198.18."), "only 198.18.0.0/15 may be used"
+
+_serial = itertools.count()
 
 
 def why_not() -> str | None:
@@ -40,6 +46,12 @@ def why_not() -> str | None:
     return None
 
 
+def require_lab() -> None:
+    """Skip a test that needs a lab where none can be built; with CI=true, fail."""
+    reason = why_not()
+    require(reason, f"CI must run the network-namespace tests: {reason}")
+
+
 def run(*cmd: str, timeout: float = 20) -> str:
     """Run a command; a failure raises with its stderr."""
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -48,26 +60,51 @@ def run(*cmd: str, timeout: float = 20) -> str:
     return result.stdout
 
 
-class Lab:
-    """A bridge and three hosts, each in a namespace of its own."""
+def package_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment plus ``env``, importing this worktree's package first."""
+    merged = {**os.environ, **(env or {})}
+    merged["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), merged.get("PYTHONPATH")) if p)
+    return merged
 
-    def __init__(self) -> None:
-        tag = f"pte{os.getpid()}"
+
+def pytcpecho(*args: str) -> list[str]:
+    """``python -m pytcpecho ARGS``, for a lab host (it imports this worktree's package)."""
+    return [sys.executable, "-m", "pytcpecho", *args]
+
+
+class Lab:
+    """A bridge and one host per name, each in a namespace of its own.
+
+    Host ``hosts[i]`` gets the address 198.18.0.(i + 1).
+    """
+
+    def __init__(self, hosts: Sequence[str]) -> None:
+        assert 0 < len(hosts) < 250 and len(set(hosts)) == len(hosts), hosts
+        tag = f"pte{os.getpid()}-{next(_serial)}"
         self.bridge_ns = f"{tag}-br"
-        self.ns = {host: f"{tag}-{host.split('_')[-1]}" for host in HOSTS}
+        self.ns = {host: f"{tag}-h{i}" for i, host in enumerate(hosts)}
+        self.addresses = {host: f"{SUBNET}.{i + 1}" for i, host in enumerate(hosts)}
+        self._ports = {host: f"v{i}" for i, host in enumerate(hosts)}
         self.made: list[str] = []
         self.etc_dirs: list[Path] = []
+        self.processes: list[ServeProcess] = []
 
     # -- building and removing ---------------------------------------------------
 
     def build(self) -> Lab:
-        hosts_file = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
-            f"{address} {host}\n" for host, address in HOSTS.items())
+        hosts_file = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n" + "".join(
+            f"{address} {host}\n" for host, address in self.addresses.items())
         self._add_ns(self.bridge_ns)
+        run("ip", "-n", self.bridge_ns, "link", "set", "lo", "up")
         run("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
-        for host, address in HOSTS.items():
+        for host, address in self.addresses.items():
             ns = self.ns[host]
+            etc = NETNS_ETC / ns
+            etc.mkdir(parents=True, exist_ok=False)
+            self.etc_dirs.append(etc)
+            (etc / "hosts").write_text(hosts_file)
             self._add_ns(ns)
             port = self.port(host)
             run("ip", "-n", self.bridge_ns, "link", "add", port, "type", "veth",
@@ -76,10 +113,6 @@ class Lab:
             run("ip", "-n", ns, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
             run("ip", "-n", ns, "link", "set", "eth0", "up")
             run("ip", "-n", ns, "link", "set", "lo", "up")
-            etc = NETNS_ETC / ns
-            etc.mkdir(parents=True, exist_ok=False)
-            self.etc_dirs.append(etc)
-            (etc / "hosts").write_text(hosts_file)
         return self
 
     def _add_ns(self, name: str) -> None:
@@ -89,11 +122,12 @@ class Lab:
     def close(self) -> list[str]:
         """Remove every namespace, process in it and hosts dir made; returns what failed."""
         problems = []
+        for proc in self.processes:
+            proc.__exit__()
         for ns in reversed(self.made):
             try:
-                pids = run("ip", "netns", "pids", ns).split()
-                for pid in pids:  # only processes this test started in its own namespace
-                    os.kill(int(pid), 9)
+                for pid in run("ip", "netns", "pids", ns).split():
+                    os.kill(int(pid), 9)  # only processes this lab started in its namespace
                 run("ip", "netns", "del", ns)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
                 problems.append(f"{ns}: {exc}")
@@ -101,7 +135,8 @@ class Lab:
             shutil.rmtree(etc, ignore_errors=True)
             if etc.exists():
                 problems.append(f"{etc} is still there")
-        left = [ns for ns in self.made if ns in run("ip", "netns", "list")]
+        listed = run("ip", "netns", "list").split()
+        left = [ns for ns in self.made if ns in listed]
         if left:
             problems.append(f"namespaces left: {left}")
         return problems
@@ -110,22 +145,32 @@ class Lab:
 
     def port(self, host: str) -> str:
         """The bridge-side veth of ``host`` (the cable to cut)."""
-        return f"v-{host.split('_')[-1]}"
+        return self._ports[host]
 
-    def command(self, host: str, *args: str) -> list[str]:
-        """``python -m pytcpecho ARGS`` run inside ``host``'s namespace."""
-        return ["ip", "netns", "exec", self.ns[host], sys.executable, "-m", "pytcpecho", *args]
+    def argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside ``host``'s namespace."""
+        return ["ip", "netns", "exec", self.ns[host], *argv]
 
-    def serve(self, *args: str) -> ServeProcess:
-        """``pytcpecho serve`` on the server host, port 8000; this worktree's package."""
-        return ServeProcess(cmd=self.command(SERVER, "serve", "--port", "8000", *args),
-                            env={"PYTHONPATH": str(ROOT)})
+    def start(self, host: str, argv: Sequence[str],
+              env: dict[str, str] | None = None) -> ServeProcess:
+        """A long-running command on ``host``, its output read line by line; ended by
+        close() at the latest.  ``env`` goes over ours, with this worktree's package."""
+        proc = ServeProcess(cmd=self.argv(host, argv), env=package_env(env))
+        self.processes.append(proc)
+        return proc
 
-    def client(self, host: str, *args: str) -> subprocess.Popen[str]:
-        """``pytcpecho client ARGS`` started on ``host`` (cwd: the worktree)."""
-        return subprocess.Popen(self.command(host, "client", *args), cwd=ROOT,
+    def popen(self, host: str, argv: Sequence[str],
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """A command started on ``host``, stdout and stderr piped apart (cwd: the worktree)."""
+        return subprocess.Popen(self.argv(host, argv), cwd=ROOT, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                env=package_env(env))
+
+    def run(self, host: str, argv: Sequence[str], env: dict[str, str] | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """A command run to completion on ``host`` (cwd: the worktree)."""
+        return subprocess.run(self.argv(host, argv), capture_output=True, text=True,
+                              timeout=timeout, env=package_env(env), cwd=ROOT)
 
     def ip(self, host: str | None, *args: str) -> str:
         """``ip ARGS`` in ``host``'s namespace (None: the bridge's)."""
@@ -135,4 +180,14 @@ class Lab:
         return run("ip", "netns", "exec", self.ns[host], "tc", *args)
 
 
-__all__ = ["CI", "HOSTS", "SERVER", "Lab", "why_not"]
+@contextlib.contextmanager
+def lab(hosts: Sequence[str]) -> Iterator[Lab]:
+    """A built lab for the test (or the test skipped, or failed in CI, where none can be);
+    removed afterwards, completely, or the test fails."""
+    require_lab()
+    built = Lab(hosts)
+    try:
+        yield built.build()
+    finally:
+        problems = built.close()
+        assert not problems, f"the lab was not fully removed: {problems}"

@@ -1,32 +1,24 @@
-"""What the container files say, read as written, and a place to run it: network namespaces.
+"""What the container files say, read as written, and how to run it on this machine.
 
-``dockerfile()`` parses the Dockerfile's final stage (ENV, ENTRYPOINT, CMD,
-HEALTHCHECK, ...) so the tests run exactly the commands an image would run.
-``Network`` is a Docker-like bridge network made of real network namespaces:
-one namespace per service, each with its own address in 198.18.0.0/15 and an
-/etc/hosts (through /etc/netns/NAME/hosts) that names every service.
+``dockerfile()`` parses the Dockerfile's stages (ENV, ENTRYPOINT, CMD,
+HEALTHCHECK, ...) so the tests run exactly the commands an image would run;
+``local_command()`` and ``local_env()`` turn an image's command and
+environment into this machine's.  The services run in network namespaces:
+see netns.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from support import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-IS_ROOT = os.geteuid() == 0
-HAS_IP = shutil.which("ip") is not None
 
 
 # -- the Dockerfile -------------------------------------------------------------
@@ -129,80 +121,3 @@ def local_env(image_env: dict[str, str]) -> dict[str, str]:
     env.update(image_env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return env
-
-
-# -- network namespaces ---------------------------------------------------------
-
-_serial = itertools.count()
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20)
-
-
-class Network:
-    """A bridge network with one namespace per host, like ``docker network create``."""
-
-    def __init__(self, hosts: list[str]) -> None:
-        self.tag = f"{os.getpid() % 10000}{next(_serial)}{random.randrange(100)}"
-        self.subnet = f"198.18.{random.randrange(1, 255)}"
-        self.hub = f"pte{self.tag}hub"
-        self.namespaces: dict[str, str] = {}
-        self.addresses: dict[str, str] = {}
-        self.processes: list[ServeProcess] = []
-        try:
-            self._build(hosts)
-        except BaseException:
-            self.close()
-            raise
-
-    def _build(self, hosts: list[str]) -> None:
-        _ip("netns", "add", self.hub)
-        _ip("-n", self.hub, "link", "set", "lo", "up")
-        _ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.hub, "link", "set", "br0", "up")
-        for i, name in enumerate(hosts):
-            self.addresses[name] = f"{self.subnet}.{i + 2}"
-        for i, name in enumerate(hosts):
-            ns = f"pte{self.tag}h{i}"
-            self.namespaces[name] = ns
-            etc = Path("/etc/netns") / ns
-            etc.mkdir(parents=True, exist_ok=True)
-            (etc / "hosts").write_text(
-                "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
-                + "".join(f"{addr} {host}\n" for host, addr in self.addresses.items()))
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            port = f"pv{self.tag}{i}"[:15]
-            _ip("-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                "netns", ns)
-            _ip("-n", self.hub, "link", "set", port, "master", "br0", "up")
-            _ip("-n", ns, "addr", "add", f"{self.addresses[name]}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-
-    def argv(self, host: str, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.namespaces[host], *argv]
-
-    def start(self, host: str, argv: list[str], env: dict[str, str]) -> ServeProcess:
-        """A long-running command on ``host``, its output read line by line."""
-        proc = ServeProcess(cmd=self.argv(host, argv), env=env)
-        self.processes.append(proc)
-        return proc
-
-    def run(self, host: str, argv: list[str], env: dict[str, str],
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(host, argv), capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=ROOT)
-
-    def close(self) -> None:
-        for proc in self.processes:
-            proc.__exit__()
-        for ns in [*self.namespaces.values(), self.hub]:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
-
-    def __enter__(self) -> Network:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -55,6 +55,32 @@ def require_cython() -> None:
             "the Cython core did not build, and CI must test it")
 
 
+def require_splice() -> None:
+    """The splice core must be available for this test (Linux, and built); CI has it."""
+    require(None if cores.splice_available() else "the splice core is not available here",
+            "the splice core is not available, and CI must test it")
+
+
+def ipv6_loopback() -> str | None:
+    """Why this host cannot serve on ::1, or None if it can."""
+    if not socket.has_ipv6:
+        return "this Python has no IPv6 support"
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        return f"this host has no IPv6 loopback (::1): {exc}"
+    return None
+
+
+def require_ipv6(dual_stack: bool = False) -> None:
+    """An IPv6 loopback (and, with ``dual_stack``, sockets that take IPv4 too); CI has both."""
+    reason = ipv6_loopback()
+    if reason is None and dual_stack and not socket.has_dualstack_ipv6():
+        reason = "this host has no dual-stack (IPv4 and IPv6) sockets"
+    require(reason, f"CI must test IPv6: {reason}")
+
+
 def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
         input: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pytcpecho ARGS`` to completion."""
@@ -112,7 +138,7 @@ class ServeProcess:
                 return m
 
     def lines_so_far(self) -> list[str]:
-        """Every line printed so far, without waiting (added for issue 4)."""
+        """Every line printed so far, without waiting."""
         while True:
             try:
                 line = self._queue.get_nowait()
@@ -174,7 +200,7 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-# -- process resources (leak checks), added for issue 4 ------------------------
+# -- process resources (leak checks) ---------------------------------------------
 
 @dataclass(frozen=True)
 class ProcUsage:
@@ -220,12 +246,34 @@ def raise_fd_limit(want: int = 16384) -> int:
     return target
 
 
-def serve_cmd(*args: str) -> list[str]:
-    """``pytcpecho serve ARGS`` that prints every thread's stack on SIGUSR1 (for diagnosis)."""
-    boot = ("import faulthandler, signal, sys; "
-            "faulthandler.register(signal.SIGUSR1, all_threads=True); "
-            "from pytcpecho.cli import main; sys.exit(main(sys.argv[1:]))")
+TRACE_MEMORY = """
+import gc, tracemalloc
+tracemalloc.start()
+
+def report_traced(signum, frame):
+    gc.collect()
+    print(f"traced-memory {tracemalloc.get_traced_memory()[0]}", flush=True)
+
+signal.signal(signal.SIGUSR2, report_traced)
+"""
+
+
+def serve_cmd(*args: str, trace_memory: bool = False) -> list[str]:
+    """``pytcpecho serve ARGS`` that prints every thread's stack on SIGUSR1 (for diagnosis);
+    with ``trace_memory``, it runs under tracemalloc and answers SIGUSR2 with the bytes
+    the Python heap holds (see traced_memory())."""
+    boot = ("import faulthandler, signal, sys\n"
+            "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+            + (TRACE_MEMORY if trace_memory else "")
+            + "from pytcpecho.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     return [sys.executable, "-c", boot, "serve", *args]
+
+
+def traced_memory(server: ServeProcess, timeout: float = 15) -> int:
+    """Bytes allocated by Python in a ``serve_cmd(trace_memory=True)`` child, after a full
+    garbage collection: a Python-level leak grows it by exactly what is leaked."""
+    server.proc.send_signal(signal.SIGUSR2)
+    return int(server.wait_for(r"^traced-memory (\d+)$", timeout).group(1))
 
 
 def thread_dump(server: ServeProcess, wait: float = 2.0) -> str:

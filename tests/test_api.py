@@ -11,7 +11,7 @@ import pytest
 from fakes import echo_held_back, fake_server, recording_echo, scripted_reply, silent
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import LOCALHOST, cli, connect, running_server
+from support import LOCALHOST, cli, connect, require_cython, running_server
 
 from pytcpecho import EchoClient, EchoResult, EchoServer, Progress
 from pytcpecho import core as cores
@@ -69,9 +69,9 @@ def test_mismatch_finds_the_first_wrong_byte(seed: int, off: int, n: int,
 ])
 def test_both_cores_send_the_pattern(client_mode: str, size: int, count: int) -> None:
     """What each core's ClientSession puts on the wire is pattern.Pattern, byte for byte."""
-    names = ["python"] + (["cython"] if cores.cython_available() else [])
+    require_cython()
     expected = Pattern(make_base(99)).slice(0, size * count)
-    for name in names:
+    for name in ("python", "cython"):
         record = bytearray()
         with fake_server(recording_echo(record)) as port:
             result = EchoClient(LOCALHOST, port, size=size, count=count, mode=client_mode,

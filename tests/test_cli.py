@@ -200,19 +200,43 @@ def test_cores_load_semantics() -> None:
             cores.load("cython")
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1", "python"), ("yes", "python"),
-                                                 ("0", None), ("", None)])
-def test_pure_python_switch(value: str, expected: str | None) -> None:
+SWITCH_ON = ("1", "true", "yes", "on", "TRUE", "Yes", "ON")
+SWITCH_OFF = ("", "0", "false", "no", "off", "False", "NO", "Off")
+
+
+@pytest.mark.parametrize("value", SWITCH_ON + SWITCH_OFF)
+def test_pure_python_switch(value: str) -> None:
     result = cli("--version", env={"PYTCPECHO_PURE_PYTHON": value})
-    want = expected or ("cython" if cores.cython_available() else "python")
+    assert result.returncode == 0, result
+    compiled = "cython" if cores.cython_available() else "python"
+    want = "python" if value in SWITCH_ON else compiled
     assert result.stdout.strip().endswith(f"(core: {want})")
 
 
-def test_pure_python_switch_runs_a_client() -> None:
-    with running_server(mode="message") as server:
-        result = cli("client", f"127.0.0.1:{server.address[1]}",
-                     env={"PYTCPECHO_PURE_PYTHON": "1"})
-    assert result.returncode == 0, result
+@pytest.mark.parametrize("value", ["banana", "2", "-1", "y", "enabled", "of"])
+@pytest.mark.parametrize("command", [("--version",), ("ping", "127.0.0.1:1"),
+                                     ("serve", "--port", "0")])
+def test_a_bad_pure_python_switch_is_one_line(value: str, command: tuple[str, ...]) -> None:
+    """Not a silent choice of core: one line naming the variable and what it takes."""
+    result = cli(*command, env={"PYTCPECHO_PURE_PYTHON": value}, timeout=30)
+    line = assert_one_line_error(result, 2)
+    assert line.startswith(f"pytcpecho: error: PYTCPECHO_PURE_PYTHON={value!r} "), line
+    assert "1, true, yes or on" in line and "0, false, no, off" in line, line
+    assert result.stdout == ""
+
+
+def test_pure_python_switch_runs_the_python_core() -> None:
+    """The switch decides which core moves the bytes, not only what --version says."""
+    with running_server(mode="message", size=64) as server:
+        target = f"127.0.0.1:{server.address[1]}"
+        on = cli("bench", target, "--size", "64", "-c", "1", "-n", "20", "--json",
+                 env={"PYTCPECHO_PURE_PYTHON": "1"})
+        off = cli("bench", target, "--size", "64", "-c", "1", "-n", "20", "--json",
+                  env={"PYTCPECHO_PURE_PYTHON": "0"})
+    assert on.returncode == 0 and off.returncode == 0, (on, off)
+    ran_on, ran_off = json.loads(on.stdout), json.loads(off.stdout)
+    assert ran_on["core"] == "python" and ran_on["messages"] == 20
+    assert ran_off["core"] == ("cython" if cores.cython_available() else "python")
 
 
 # -- client, ping, demo ------------------------------------------------------------------

@@ -120,8 +120,13 @@ def test_json_log_of_workers_names_each_worker() -> None:
     listening = [r for r in records if r["message"].startswith("Server at")]
     assert sorted(r["worker"] for r in listening) == [1, 2]
     assert len({r["pid"] for r in listening}) == 2
-    assert records[-1]["logger"] == "pytcpecho.supervisor"
-    assert records[-1]["connections"] == 0
+    summary = records[-1]
+    assert summary["logger"] == "pytcpecho.supervisor"
+    assert summary["message"] == ("Served 0 connections, echoed 0 bytes, 0 errors (0 idle "
+                                  "timeouts, 0 over --max-bytes, 0 refused) in 2 workers")
+    assert (summary["connections"], summary["bytes"], summary["errors"]) == (0, 0, 0)
+    assert (summary["idle_timeouts"], summary["over_max_bytes"], summary["refused"]) == (0, 0, 0)
+    assert summary["workers"] == 2 and "worker" not in summary  # no worker logged it
 
 
 def test_structured_fields_from_a_record() -> None:

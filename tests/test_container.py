@@ -17,18 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from recipes import (
-    HAS_IP,
-    IS_ROOT,
-    ROOT,
-    Network,
-    Stage,
-    dockerfile,
-    local_command,
-    local_env,
-    tool,
-)
-from support import CI, require
+from netns import Lab, lab
+from recipes import ROOT, Stage, dockerfile, local_command, local_env, tool
+from support import require
 
 from pytcpecho import __version__
 
@@ -42,10 +33,6 @@ def need_tool(name: str) -> str:
         require(f"{name} is not installed (pip install -e '.[test]')",
                 f"{name} is missing: it is in the test extra")
     return path
-
-
-needs_netns = pytest.mark.skipif(
-    not (IS_ROOT and HAS_IP) and not CI, reason="network namespaces need root and iproute2")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +157,7 @@ def test_kubernetes_matches_the_image(runtime: Stage) -> None:
 
 # -- the commands, run in network namespaces ------------------------------------------
 
-def serve_and_check_health(net: Network, runtime: Stage, argv: list[str],
+def serve_and_check_health(net: Lab, runtime: Stage, argv: list[str],
                            env: dict[str, str]) -> Any:
     server = net.start("server", local_command(argv), env)
     server.wait_for(r"^Server at \[::\]:8000 \(IPv4 and IPv6\)$", timeout=20)
@@ -203,12 +190,11 @@ print("intact" if got == data else f"broken after {len(got)} bytes", flush=True)
 """
 
 
-def stop_within_grace(net: Network, server: Any, env: dict[str, str], client: str) -> str:
+def stop_within_grace(net: Lab, server: Any, env: dict[str, str], client: str) -> str:
     """SIGTERM with a connection in flight: new clients are refused, that one finishes,
     and the server exits 0 with its summary within the grace period."""
     grace = float(env.get("PYTCPECHO_GRACE", 10))
-    flight = subprocess.Popen(net.argv(client, [sys.executable, "-c", IN_FLIGHT]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    flight = net.popen(client, [sys.executable, "-c", IN_FLIGHT], env)
     try:
         assert flight.stdout is not None and flight.stdin is not None
         assert flight.stdout.readline() == "half sent\n"
@@ -232,13 +218,12 @@ def stop_within_grace(net: Network, server: Any, env: dict[str, str], client: st
     return output
 
 
-@needs_netns
 @pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_dockerfile_commands_in_a_network_namespace(runtime: Stage) -> None:
     entrypoint, cmd = runtime.exec_form("ENTRYPOINT"), runtime.exec_form("CMD")
     env = local_env(runtime.env)
-    with Network(["server", "client"]) as net:
+    with lab(["server", "client"]) as net:
         server = serve_and_check_health(net, runtime, entrypoint + cmd, env)
         # docker run IMAGE client server:8000
         client = net.run("client", local_command([*entrypoint, "client", "server:8000"]), env)
@@ -251,7 +236,6 @@ def test_dockerfile_commands_in_a_network_namespace(runtime: Stage) -> None:
                      f"$ pytcpecho client server:8000  # in namespace 'client'\n{client.stdout}")
 
 
-@needs_netns
 @pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_compose_services_in_network_namespaces(runtime: Stage) -> None:
@@ -269,24 +253,24 @@ def test_compose_services_in_network_namespaces(runtime: Stage) -> None:
                                               services["server"]["environment"].items()}})
     stop_grace = float(services["server"]["stop_grace_period"].rstrip("s"))
     assert float(server_env["PYTCPECHO_GRACE"]) < stop_grace
-    with Network(["server", *clients]) as net:
+    with lab(["server", *clients]) as net:
         server = serve_and_check_health(
             net, runtime, entrypoint + services["server"].get("command", runtime.exec_form("CMD")),
             server_env)
         # service_healthy: both clients start now, at once
-        runs = {name: subprocess.Popen(
-                    net.argv(name, local_command(entrypoint + services[name]["command"])),
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                    env=local_env(runtime.env))
+        runs = {name: net.popen(name, local_command(entrypoint + services[name]["command"]),
+                                local_env(runtime.env))
                 for name in clients}
         try:
-            outputs = {name: proc.communicate(timeout=30)[0] for name, proc in runs.items()}
+            ended = {name: proc.communicate(timeout=30) for name, proc in runs.items()}
         finally:
             for proc in runs.values():
                 proc.kill()
                 proc.wait(10)
+        outputs = {name: out for name, (out, _) in ended.items()}
         for name, proc in runs.items():
-            assert proc.returncode == 0, outputs[name]
+            assert proc.returncode == 0, ended[name]
+            assert ended[name][1] == "", ended[name]
             assert outputs[name].splitlines()[:3] == SEED_CLIENT[:3]
             assert outputs[name].splitlines()[-1] == "Client finished."
         peers = {server.wait_for(r"^Connection closed by client at \('(198[\d.]+)', \d+\)$")[1]

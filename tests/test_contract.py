@@ -9,7 +9,7 @@ import textwrap
 import types
 
 import pytest
-from support import require
+from support import assert_one_line_error, require
 
 from pytcpecho import _pycore, constants, contract
 from pytcpecho import core as cores
@@ -74,24 +74,27 @@ def test_a_core_missing_a_name_is_refused() -> None:
         contract.check_core(partial, "test")
 
 
-def test_a_stale_build_fails_at_import_in_one_line() -> None:
-    """A compiled core without a name of the contract stops the package's import with one
-    line that says what is missing, not an AttributeError in the middle of a connection."""
+def test_a_stale_build_fails_where_the_core_is_chosen_in_one_line() -> None:
+    """A compiled core without a name of the contract stops the first load of a core,
+    and the command, with one line that says what is missing: not an AttributeError in
+    the middle of a connection, and not a silent fall back to the pure-Python core."""
     code = textwrap.dedent("""
         import sys, types
         stale = types.ModuleType("pytcpecho._core")
         stale.NAME, stale.MODES = "cython", ("stream", "message")
         sys.modules["pytcpecho._core"] = stale
+        import pytcpecho.core
         try:
-            import pytcpecho
+            pytcpecho.core.load("auto")
         except ImportError as exc:
             print(type(exc).__name__, exc)
-        else:
-            print("imported")
+        from pytcpecho.cli import main
+        sys.exit(main(sys.argv[1:]))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == ("ContractError the cython core does not implement the core "
-                                  "contract: missing EchoSession, ClientSession, "
-                                  "ConnectEachSession")
+    out = subprocess.run([sys.executable, "-c", code, "ping", "127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=60)
+    missing = ("the cython core does not implement the core contract: missing EchoSession, "
+               "ClientSession, ConnectEachSession")
+    assert out.stdout.strip() == f"ContractError {missing}"
+    assert_one_line_error(out, 2)
+    assert out.stderr.strip() == f"pytcpecho: error: {missing}"

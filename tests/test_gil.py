@@ -9,9 +9,9 @@ that held the GIL there would freeze the whole server); the pure-Python core
 needs it for every recv() and send(), so it manages only a handful of round
 trips in 5 s.
 
-This is the one timed assertion the issue asks for, with wide margins: the
-Cython core must do the 200 within 30 s, where a core that took the GIL for
-every recv() and send() would need at least 200 * 0.5 s = 100 s.
+The timed assertion has wide margins: the Cython core must do the 200
+within 30 s, where a core that took the GIL for every recv() and send()
+would need at least 200 * 0.5 s = 100 s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4: each limit acts, logs a line when it does, and has a documented default."""
+"""Each limit acts, logs a line when it does, and has a documented default."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from support import (
     proc_usage,
     recv_exactly,
     require,
+    require_ipv6,
     running_server,
     wait_usage,
 )
@@ -24,6 +25,8 @@ from pytcpecho import EchoClient, EchoServer
 from pytcpecho.server import MAX_MESSAGE_SIZE
 
 pytestmark = pytest.mark.timeout(60)
+
+NOT_SERVED_WINDOW = 0.5  # a client held back shows no echo for this long
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
@@ -66,7 +69,13 @@ def test_max_clients_holds_the_rest_in_the_backlog_and_logs(
         try:
             assert server.wait(lambda s: s.active == 2, 10)
             third.sendall(b"waiting")  # queued in the backlog, not served yet
+            # Not served, for a while: no echo, and the server still counts two clients.
+            third.settimeout(NOT_SERVED_WINDOW)
+            with pytest.raises(TimeoutError):
+                third.recv(7)
+            third.settimeout(10)
             assert server.stats.total == 2 and server.threads <= 2
+            assert "At the limit of 2 clients: not accepting" in caplog.text
             first.close()
             assert recv_exactly(third, 7) == b"waiting"  # served once a slot is free
             assert server.stats.total == 3 and server.threads <= 2
@@ -85,8 +94,8 @@ def test_max_clients_holds_the_rest_in_the_backlog_and_logs(
 ])
 def test_allow_and_deny(host: str, peer: str, allow: list[str], deny: list[str], served: bool,
                         caplog: pytest.LogCaptureFixture) -> None:
-    if ":" in host and not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+    if ":" in host:
+        require_ipv6()
     nets = {"NET": f"{peer}/{128 if ':' in peer else 32}",
             "OTHER": "2001:db8::/32" if ":" in peer else "198.18.0.0/15"}
     caplog.set_level(logging.INFO, logger="pytcpecho")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import socket
-import time
 from typing import Any
 
 import pytest
-from fakes import Handler, echo_then, fake_server, flipping_echo
-from support import LOCALHOST, assert_one_line_error, cli, recv_exactly, running_server
+from fakes import echo_then, fake_server, flipping_echo, stalling_echo, stalling_once
+from support import LOCALHOST, assert_one_line_error, cli, running_server
 
 MIB = 1024 * 1024
 
@@ -99,19 +97,6 @@ def test_text_output_has_intervals_and_summary() -> None:
     assert "0 errors, 0 integrity failures" in lines[-1]
 
 
-def stalling_echo(stall_after: int, stall: float) -> Handler:
-    """Echo 64-byte messages, but stop for ``stall`` s once, after some."""
-    def handle(conn: socket.socket) -> None:
-        for i in itertools.count():
-            data = recv_exactly(conn, 64)
-            if len(data) < 64:
-                return
-            if i == stall_after:
-                time.sleep(stall)  # the stall under test, not a wait for anything
-            conn.sendall(data)
-    return handle
-
-
 def test_open_loop_shows_a_stall_in_the_percentiles() -> None:
     """Messages due while the server stalls count their wait (coordinated omission)."""
     with fake_server(stalling_echo(stall_after=10, stall=0.4)) as port:
@@ -121,19 +106,6 @@ def test_open_loop_shows_a_stall_in_the_percentiles() -> None:
     # About 80 messages were due during the 0.4 s stall: most waited for it.
     assert lat["max"] >= 390
     assert lat["p50"] >= 50
-
-
-def stalling_once(stall_after: int, stall: float) -> Handler:
-    """Echo one 64-byte message per connection; the connection number ``stall_after``
-    waits ``stall`` s first."""
-    numbers = itertools.count()
-
-    def handle(conn: socket.socket) -> None:
-        data = recv_exactly(conn, 64)
-        if next(numbers) == stall_after:
-            time.sleep(stall)  # the stall under test, not a wait for anything
-        conn.sendall(data)
-    return handle
 
 
 def test_open_loop_connect_each_shows_a_stall_in_the_percentiles(core: str) -> None:

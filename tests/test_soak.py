@@ -1,13 +1,24 @@
-"""Issue 4, soak: minutes of mixed traffic, every byte verified, nothing leaks.
+"""Soak: minutes of mixed traffic, every byte verified, nothing leaks.
 
 Two ``pytcpecho serve`` children (stream mode on the Cython core, message
 mode on the pure-Python core) take clients of every size and both client
 modes from many threads at once, plus raw clients of random bytes.  Their
-threads, fds and RSS are sampled from /proc throughout.  Afterwards the
-threads and fds are back at their baseline, and the RSS of the last part of
-the soak is not above that of the first part (after warm-up) by more than a
-bound: a leak of even a few bytes per connection over thousands of
-connections would show.  PYTCPECHO_SOAK_SECONDS sets the length (default 120).
+threads, fds and RSS are sampled from /proc throughout.
+
+Leaks are measured per connection, between two quiet points: after a
+warm-up (the first quarter of the soak) and at the end, each once the
+traffic has stopped and the connection threads have exited.  At both points
+threads and fds are exactly at their baseline (one fd or thread kept per
+connection would show at once).  The Python heap of each child, read with
+tracemalloc after a full collection, may grow by at most
+TRACED_BYTES_PER_CONNECTION bytes per connection served in between: an
+object of any size kept per connection breaks it many times over.  The RSS,
+which sees C allocations too, may grow by at most RSS_BYTES_PER_CONNECTION.
+The children run with MALLOC_ARENA_MAX=1: with one malloc arena, memory
+freed by a connection thread is reused by the next one instead of staying
+in the arena of a thread that has exited, and the RSS of a server that
+leaks nothing stays within tens of KiB.  PYTCPECHO_SOAK_SECONDS sets the
+length (default 120).
 """
 
 from __future__ import annotations
@@ -20,8 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from abusers import LOCALHOST, echo_clients
+from abusers import echo_clients
 from support import (
+    LOCALHOST,
     ProcUsage,
     ServeProcess,
     proc_usage,
@@ -29,6 +41,7 @@ from support import (
     require_cython,
     serve_cmd,
     settle,
+    traced_memory,
 )
 
 from pytcpecho import EchoClient
@@ -36,7 +49,9 @@ from pytcpecho import EchoClient
 SOAK_SECONDS = float(os.environ.get("PYTCPECHO_SOAK_SECONDS", "120"))
 CLIENT_THREADS = 8
 MESSAGE_SIZE = 65536
-RSS_GROWTH_BOUND_KIB = 16 * 1024
+WARM_UP = 0.25  # of the soak: caches, free lists and thread stacks reach their size
+TRACED_BYTES_PER_CONNECTION = 16
+RSS_BYTES_PER_CONNECTION = 128
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SOAK_SECONDS + 120)]
 
@@ -49,6 +64,12 @@ class Served:
     port: int
     baseline: ProcUsage
     samples: list[tuple[float, ProcUsage]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    connections: int = 0  # opened by the clients of this test
+
+    def count(self, n: int) -> None:
+        with self.lock:
+            self.connections += n
 
     @property
     def pid(self) -> int:
@@ -81,7 +102,8 @@ def servers() -> Iterator[list[Served]]:
         for mode, core in (("stream", "cython"), ("message", "python")):
             proc = ServeProcess(cmd=serve_cmd(
                 "--port", "0", "--mode", mode, "--core", core, "--size", str(MESSAGE_SIZE),
-                "--max-clients", "64", "--idle-timeout", "30", "--worker-idle", "1", "-q"))
+                "--max-clients", "64", "--idle-timeout", "30", "--worker-idle", "1", "-q",
+                trace_memory=True), env={"MALLOC_ARENA_MAX": "1"})
             port = proc.wait_listening()
             # Baseline once the accept loop is up and a first client has come and gone.
             echo_clients(port, 1, concurrency=1, max_size=1000)
@@ -104,14 +126,15 @@ def one_client(rng: random.Random, served: Served, tally: Tally) -> None:
     count = max(1, min(rng.randint(1, 20), (8 << 20) // size))
     client = EchoClient(LOCALHOST, served.port, size=size, count=count, mode=client_mode,
                         timeout=30, seed=rng.getrandbits(32))
+    served.count(1)
     result = client.run()
     tally.add(result.intact and result.received == size * count, result.received,
               f"{served.mode} server, {client_mode} client {size}x{count}: {result.problem}")
 
 
-def test_soak_mixed_traffic_no_mismatch_no_leak(servers: list[Served]) -> None:
-    deadline = time.monotonic() + SOAK_SECONDS
-    tally = Tally()
+def run_traffic(servers: list[Served], seconds: float, tally: Tally) -> None:
+    """Mixed clients against both servers for ``seconds``, /proc sampled every second."""
+    deadline = time.monotonic() + seconds
     stop = threading.Event()
 
     def client_loop(seed: int) -> None:
@@ -122,10 +145,11 @@ def test_soak_mixed_traffic_no_mismatch_no_leak(servers: list[Served]) -> None:
             except Exception as exc:
                 tally.add(False, 0, repr(exc))
 
-    def raw_loop() -> None:
-        rng = random.Random(99)
+    def raw_loop(seed: int) -> None:
+        rng = random.Random(seed)
         while time.monotonic() < deadline and not stop.is_set():
             served = rng.choice(servers)
+            served.count(20)
             figures = echo_clients(served.port, 20, concurrency=20,
                                    max_size=3 * MESSAGE_SIZE + 1, liars=0.1,
                                    seed=rng.getrandbits(32))
@@ -135,9 +159,10 @@ def test_soak_mixed_traffic_no_mismatch_no_leak(servers: list[Served]) -> None:
                 tally.mismatches += figures.mismatches + len(figures.failures)
                 tally.problems += figures.failures
 
-    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True)
+    seed = int(seconds * 1000)
+    threads = [threading.Thread(target=client_loop, args=(seed + i,), daemon=True)
                for i in range(CLIENT_THREADS)]
-    threads.append(threading.Thread(target=raw_loop, daemon=True))
+    threads.append(threading.Thread(target=raw_loop, args=(seed,), daemon=True))
     for t in threads:
         t.start()
     started = time.monotonic()
@@ -152,23 +177,48 @@ def test_soak_mixed_traffic_no_mismatch_no_leak(servers: list[Served]) -> None:
         for t in threads:
             t.join(60)
 
+
+@dataclass(frozen=True)
+class Quiet:
+    """A server at rest: what it holds, and how many connections it had been sent."""
+
+    usage: ProcUsage
+    traced: int
+    connections: int
+
+
+def at_rest(served: Served) -> Quiet:
+    """Once every connection thread has exited: threads and fds at the baseline, exactly."""
+    base = served.baseline
+    usage = settle(served.proc, lambda u: u.threads == base.threads and u.fds == base.fds, 30)
+    return Quiet(usage, traced_memory(served.proc), served.connections)
+
+
+def test_soak_mixed_traffic_no_mismatch_no_leak(servers: list[Served]) -> None:
+    tally = Tally()
+    run_traffic(servers, SOAK_SECONDS * WARM_UP, tally)
+    warm = [at_rest(served) for served in servers]
+    run_traffic(servers, SOAK_SECONDS * (1 - WARM_UP), tally)
+    end = [at_rest(served) for served in servers]
+
     assert tally.mismatches == 0, tally.problems[:5]
     assert tally.connections > 100
     print(f"\nsoak {SOAK_SECONDS:g} s: {tally.connections} connections, "
           f"{tally.bytes_verified} bytes verified, {tally.mismatches} mismatches")
-    for served in servers:
-        base = served.baseline
-        after = settle(served.proc,
-                       lambda u, b=base: u.threads == b.threads and u.fds == b.fds, 30)
-        rss = [u.rss_kib for _, u in served.samples]
-        assert len(rss) >= 5, f"only {len(rss)} samples"
-        fifth = len(rss) // 5
-        warm, late = rss[fifth : 2 * fifth], rss[4 * fifth :]
+    for served, before, after in zip(servers, warm, end, strict=True):
+        connections = after.connections - before.connections
+        assert connections >= 1000, f"only {connections} connections after the warm-up"
+        traced = (after.traced - before.traced) / connections
+        rss = (after.usage.rss_kib - before.usage.rss_kib) * 1024 / connections
         peak_threads = max(u.threads for _, u in served.samples)
-        growth = max(late) - max(warm)
-        print(f"[{served.mode}/{served.core}] threads {after.threads} (baseline "
-              f"{base.threads}, peak {peak_threads}), fds {after.fds} (baseline {base.fds}); "
-              f"RSS KiB: start {base.rss_kib}, 20-40% max {max(warm)}, 80-100% max "
-              f"{max(late)}, growth {growth}, after {after.rss_kib}")
+        print(f"[{served.mode}/{served.core}] {connections} connections after the warm-up; "
+              f"threads {after.usage.threads}, fds {after.usage.fds} (baseline "
+              f"{served.baseline.threads}, {served.baseline.fds}; peak threads "
+              f"{peak_threads}); Python heap {before.traced} -> {after.traced} bytes "
+              f"({traced:+.2f} per connection, bound {TRACED_BYTES_PER_CONNECTION}); RSS "
+              f"{before.usage.rss_kib} -> {after.usage.rss_kib} KiB ({rss:+.1f} bytes per "
+              f"connection, bound {RSS_BYTES_PER_CONNECTION})")
         assert peak_threads <= 64 + 2
-        assert growth <= RSS_GROWTH_BOUND_KIB, f"RSS grew by {growth} KiB over the soak"
+        assert traced <= TRACED_BYTES_PER_CONNECTION, \
+            f"the Python heap grew by {traced:.1f} bytes per connection"
+        assert rss <= RSS_BYTES_PER_CONNECTION, f"RSS grew by {rss:.1f} bytes per connection"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sys
 import threading
 
 import pytest
@@ -18,7 +17,8 @@ from support import (
     cli,
     connect,
     recv_exactly,
-    require,
+    require_cython,
+    require_splice,
     running_server,
 )
 
@@ -30,10 +30,10 @@ from pytcpecho import core as cores
 def stream_core(request: pytest.FixtureRequest) -> str:
     """A core that serves stream mode; the compiled ones must exist in CI."""
     name: str = request.param
-    if name != "python" and not (cores.splice_available() if name == "splice"
-                                 else cores.cython_available()):
-        require(f"the {name} core is not available here",
-                f"the {name} core is not available, and CI must test it")
+    if name == "splice":
+        require_splice()
+    elif name == "cython":
+        require_cython()
     return name
 
 
@@ -126,11 +126,9 @@ def test_max_bytes_limit(stream_core: str) -> None:
         assert server.wait(lambda s: s.active == 0 and s.bytes_in == 10000, 10)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="splice() is Linux only")
 def test_splice_session_on_a_unix_socketpair() -> None:
     """Directly on the core's class, over AF_UNIX (spliced, or the copy fallback)."""
-    if not cores.splice_available():
-        pytest.skip("the splice core is not built")
+    require_splice()
     splice = cores.load("splice")
     a, b = socket.socketpair()
     with a, b:
@@ -146,8 +144,7 @@ def test_splice_session_on_a_unix_socketpair() -> None:
 
 
 def test_message_mode_is_refused() -> None:
-    if not cores.splice_available():
-        pytest.skip("the splice core is not built")
+    require_splice()
     with pytest.raises(ValueError, match="stream mode only"):
         EchoServer((LOCALHOST, 0), mode="message", core="splice")
     with pytest.raises(ValueError, match="streams only"):

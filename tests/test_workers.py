@@ -1,7 +1,10 @@
-"""serve --workers N: every worker serves, a dead one is replaced, none outlives the supervisor."""
+"""serve --workers N: every worker serves, a dead one is replaced, none outlives the supervisor,
+and the supervisor's summary adds up every counter of the workers'."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 import select
@@ -10,9 +13,10 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from support import LOCALHOST, ServeProcess, assert_one_line_error, cli
+from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, connect
 
 from pytcpecho import EchoClient
+from pytcpecho.serving import ServeOptions
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,9 +66,9 @@ def started(server: ServeProcess, count: int) -> tuple[int, dict[int, int]]:
     return ports.pop()[1], pids
 
 
-def echo_many(port: int, n: int) -> None:
+def echo_many(port: int, n: int, size: int = 1024) -> None:
     for i in range(n):
-        result = EchoClient(LOCALHOST, port, size=1024, seed=i, timeout=10).run()
+        result = EchoClient(LOCALHOST, port, size=size, seed=i, timeout=10).run()
         assert result.intact, result.problem
 
 
@@ -90,7 +94,8 @@ def test_every_worker_serves_and_sigterm_stops_them_all(supervisor: ServeProcess
     output = supervisor.output()
     served = served_by_worker(output)
     assert sorted(served) == [1, 2, 3] and all(n > 0 for n in served.values()), output
-    assert re.search(r"^Served 45 connections, echoed 46080 bytes, 0 errors in 3 workers$",
+    assert re.search(r"^Served 45 connections, echoed 46080 bytes, 0 errors "
+                     r"\(0 idle timeouts, 0 over --max-bytes, 0 refused\) in 3 workers$",
                      output, re.M), output
     assert not workers_of(supervisor.proc.pid)
 
@@ -107,7 +112,8 @@ def test_a_killed_worker_is_replaced(supervisor: ServeProcess) -> None:
     assert supervisor.stop() == 0
     output = supervisor.output()
     assert all(n > 0 for n in served_by_worker(output).values()), output
-    assert re.search(r"^Served \d+ connections?, echoed \d+ bytes, 0 errors in 3 workers "
+    assert re.search(r"^Served \d+ connections?, echoed \d+ bytes, 0 errors \(0 idle timeouts, "
+                     r"0 over --max-bytes, 0 refused\) in 3 workers "
                      r"\(1 restarted, 1 lost their counters\)$", output, re.M), output
 
 
@@ -154,3 +160,68 @@ def test_reuse_port_lets_two_servers_share_a_port() -> None:
             echo_many(port, 4)
             assert second.stop() == 0
         assert first.stop() == 0
+
+
+# -- the summary ------------------------------------------------------------------------
+
+SUMMARY = (r"Served (\d+) connections?, echoed (\d+) bytes, (\d+) errors? "
+           r"\((\d+) idle timeouts?, (\d+) over --max-bytes, (\d+) refused\)")
+
+
+def read_to_the_end(sock: socket.socket) -> None:
+    """Until the server closes the connection (a reset counts)."""
+    with contextlib.suppress(ConnectionResetError):
+        while sock.recv(65536):
+            pass
+
+
+def test_the_summary_adds_up_every_counter() -> None:
+    """A refused client, an idle one and one over --max-bytes: each counted by the worker
+    that met it, and all of them in the supervisor's line, in the one-process words."""
+    with ServeProcess("--port", "0", "--workers", "2", "-q", "--grace", "5",
+                      "--deny", "127.0.0.2/32", "--idle-timeout", "0.5",
+                      "--max-bytes", "1000") as server:
+        port, _ = started(server, 2)
+        with socket.create_connection((LOCALHOST, port), timeout=10,
+                                      source_address=("127.0.0.2", 0)) as refused:
+            read_to_the_end(refused)
+        server.wait_for(r"\] Refused client at \('127\.0\.0\.2', \d+\) \(not allowed\)$")
+        with connect(port) as idle:
+            read_to_the_end(idle)  # the server closes it after 0.5 s of nothing
+        server.wait_for(r"\] Closed connection from .*: idle for 0\.5 s")
+        with connect(port) as greedy:
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                greedy.sendall(b"x" * 5000)
+            read_to_the_end(greedy)
+        server.wait_for(r"\] Closed connection from .*: it sent more than 1000 bytes$")
+        echo_many(port, 4, size=100)
+        assert server.stop() == 0
+        output = server.output()
+    workers = [tuple(map(int, m)) for m in re.findall(rf"^\[worker \d\] {SUMMARY}$",
+                                                          output, re.M)]
+    assert len(workers) == 2, output
+    total = re.search(rf"^{SUMMARY} in 2 workers$", output, re.M)
+    assert total, output
+    sums = tuple(map(sum, zip(*workers, strict=True)))
+    assert tuple(map(int, total.groups())) == sums, output
+    connections, echoed, errors, idle, over, refused = sums
+    assert (connections, errors, idle, over, refused) == (6, 0, 1, 1, 1), output
+    assert echoed >= 4 * 100, output
+    assert "(1 idle timeout, 1 over --max-bytes, 1 refused) in 2 workers" in output
+
+
+def test_options_cross_to_a_worker_as_exactly_their_fields() -> None:
+    options = ServeOptions(host="::1", port=8000, mode="message", size=1024, core="auto",
+                           max_clients=7, idle_timeout=2.5, max_bytes=0,
+                           allow=("10.0.0.0/8",), deny=(), grace=1.0, worker_idle=30.0,
+                           reuse_port=True, verbose=1, quiet=False, log_format="json")
+    assert ServeOptions.from_json(options.to_json()) == options
+    fields = {f.name for f in dataclasses.fields(ServeOptions)}
+    good = dataclasses.asdict(options)
+    assert set(good) == fields
+    for bad in ({**good, "report_stats": None}, {k: v for k, v in good.items() if k != "port"},
+                {**good, "port": "8000"}, {**good, "quiet": 0}, {**good, "allow": "10/8"},
+                {**good, "max_clients": True}):
+        with pytest.raises(ValueError, match="serve options"):
+            ServeOptions.from_dict(bad)
+    assert ServeOptions.from_dict({**good, "grace": 2}).grace == 2.0  # JSON's 2 for 2.0

@@ -1,6 +1,6 @@
 """The seed's server, as its report shows it (a baseline, not a model).
 
-Transcribed from /work/shared/seed: one thread per client, read exactly
+The original exercise's server, transcribed from its report: one thread per client, read exactly
 DATA_SIZE bytes by concatenation, send them back, close.  BUFSIZE is not in
 the report; 1024 is assumed.  Only the connect-per-message pattern suits it.
 usage: seed.py PORT [--burn]
