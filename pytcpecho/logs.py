@@ -119,6 +119,11 @@ def setup(verbose: int = 0, quiet: bool = False, fmt: str = "text") -> None:
     detailed = verbose > 0
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(
         "%(asctime)s %(threadName)s %(message)s" if detailed else "%(message)s"))
+    # Every field a record would gather for nobody costs each connection's lines time:
+    # the caller's frame (a stack walk), the thread and the process, unless shown.
+    logging._srcfile = None  # the switch the logging HOWTO documents for this
+    logging.logThreads = detailed
+    logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger("pytcpecho")
     root.handlers[:] = [handler]
     root.propagate = False
