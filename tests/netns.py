@@ -180,6 +180,77 @@ class Lab:
         return run("ip", "netns", "exec", self.ns[host], "tc", *args)
 
 
+class RoutedLab(Lab):
+    """Two hosts on two subnets and a router between them, each in a namespace:
+    ``client`` (198.18.1.2) - router (198.18.1.1, 198.18.2.1) - ``server``
+    (198.18.2.2), names in hosts files as in Lab.  For what a bridge cannot show:
+    a link with a smaller MTU on the way, where the router must drop what does
+    not fit (a bridge lets veth's large segments through whatever its MTU).
+    """
+
+    HOSTS = ("client", "server")
+
+    def __init__(self) -> None:
+        super().__init__(self.HOSTS)
+        self.router_ns = self.bridge_ns.replace("-br", "-rt")
+        self.addresses = {"client": "198.18.1.2", "server": "198.18.2.2"}
+        self._gateways = {"client": "198.18.1.1", "server": "198.18.2.1"}
+        assert all(a.startswith("198.18.") for a in [*self.addresses.values(),
+                                                       *self._gateways.values()])
+
+    def build(self) -> RoutedLab:
+        hosts_file = "127.0.0.1 localhost\n" + "".join(
+            f"{address} {host}\n" for host, address in self.addresses.items())
+        self._add_ns(self.router_ns)
+        self.ip(None, "link", "set", "lo", "up")
+        run("ip", "netns", "exec", self.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for host, address in self.addresses.items():
+            ns = self.ns[host]
+            etc = NETNS_ETC / ns
+            etc.mkdir(parents=True, exist_ok=False)
+            self.etc_dirs.append(etc)
+            (etc / "hosts").write_text(hosts_file)
+            self._add_ns(ns)
+            port, gateway = self.port(host), self._gateways[host]
+            self.ip(None, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                    "netns", ns)
+            self.ip(None, "addr", "add", f"{gateway}/{PREFIX_LEN}", "dev", port)
+            self.ip(None, "link", "set", port, "up")
+            run("ip", "-n", ns, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "route", "add", "default", "via", gateway)
+        return self
+
+    def ip(self, host: str | None, *args: str) -> str:
+        """``ip ARGS`` in ``host``'s namespace (None: the router's)."""
+        return run("ip", "-n", self.ns[host] if host else self.router_ns, *args)
+
+    def mtu_blackhole(self, mtu: int) -> None:
+        """Make the router's link to the server carry at most ``mtu`` bytes a packet, and
+        drop the ICMP 'fragmentation needed' it would send back: a path-MTU blackhole."""
+        require(None if shutil.which("nft") else "nftables (nft) is not installed",
+                "CI must install nftables for the path-MTU tests")
+        self.ip(None, "link", "set", self.port("server"), "mtu", str(mtu))
+        rules = ("table inet pmtu_blackhole {\n chain out {\n"
+                 "  type filter hook output priority 0;\n"
+                 "  icmp type destination-unreachable icmp code frag-needed drop\n }\n}\n")
+        subprocess.run(["ip", "netns", "exec", self.router_ns, "nft", "-f", "-"], input=rules,
+                       text=True, check=True, capture_output=True, timeout=20)
+
+
+@contextlib.contextmanager
+def routed_lab() -> Iterator[RoutedLab]:
+    """A built RoutedLab, as lab() gives a Lab."""
+    require_lab()
+    built = RoutedLab()
+    try:
+        yield built.build()
+    finally:
+        problems = built.close()
+        assert not problems, f"the lab was not fully removed: {problems}"
+
+
 @contextlib.contextmanager
 def lab(hosts: Sequence[str]) -> Iterator[Lab]:
     """A built lab for the test (or the test skipped, or failed in CI, where none can be);

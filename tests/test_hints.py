@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import netns
 import pytest
 from fakes import echo_held_back, fake_server, silent
 from support import LOCALHOST, running_server
@@ -56,3 +57,27 @@ def test_no_size_hint_once_part_of_the_echo_came_back(core: str, mode: str) -> N
     assert SIZE_HINT not in result.problem and MTU_HINT not in result.problem
     assert "the echo stalled after part of it came back" in result.problem
     assert "(50000 of 100000 bytes came back intact)" in result.problem
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_a_path_mtu_blackhole_is_named() -> None:
+    """A router on the way forwards at most 1400 bytes a packet and its ICMP 'fragmentation
+    needed' never comes back: a ping passes, a large echo stalls, and the client names the
+    likely cause instead of a --size mismatch."""
+    with netns.routed_lab() as lab:
+        server = lab.start("server", netns.pytcpecho("serve", "--port", "8000", "-q"))
+        server.wait_listening()
+        before = lab.run("client", netns.pytcpecho("client", "server:8000", "--size", "1MiB"))
+        assert before.returncode == 0, before.stderr  # the path is sound until it shrinks
+        lab.mtu_blackhole(1400)
+        ping = lab.run("client", netns.pytcpecho("ping", "server:8000"))
+        assert ping.returncode == 0, ping.stderr
+        for mode in ("message", "stream"):
+            big = lab.run("client", netns.pytcpecho("client", "server:8000", "--size", "1MiB",
+                                                    "--timeout", "2", "--mode", mode))
+            assert big.returncode == 1, big.stdout + big.stderr
+            problem = big.stderr.strip()
+            assert MTU_HINT in problem and "not acknowledged by the server" in problem, problem
+            assert SIZE_HINT not in problem
+            print(f"\n{mode}: {problem}")
