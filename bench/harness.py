@@ -69,12 +69,12 @@ class Server:
     name: str
     argv: Callable[[], list[str]]
     native: bool = False  # C: GIL pressure comes from a separate process
-    seed_only: bool = False  # reads 100 KiB, echoes, closes: the seed's pattern only
+    exercise_only: bool = False  # reads 100 KiB, echoes, closes: connect-each only
     only: tuple[str, ...] = ()  # run in these workloads only (all when empty)
 
     def runs(self, workload: str) -> bool:
-        if self.seed_only:
-            return workload == "seed-pattern"
+        if self.exercise_only:
+            return workload == "connect-each"
         return not self.only or workload in self.only
 
 
@@ -86,15 +86,18 @@ SERVER_LIST = (
     Server("c-thread", lambda: [str(BIN / "echo_thread"), "0"], native=True),
     Server("c-splice", lambda: [str(BIN / "echo_splice"), "0"], native=True),
     Server("pytcpecho-cython", _py("pytcpecho_server.py", "cython")),
+    # its per-connection log lines on (no -q), where they cost most: a connection per message
+    Server("pytcpecho-cython-logged", _py("pytcpecho_server.py", "cython", "--logged"),
+           only=("connect-each",)),
     Server("pytcpecho-splice", _py("pytcpecho_server.py", "splice")),
     Server("pytcpecho-python", _py("pytcpecho_server.py", "python")),
     # serve --workers 2: two processes on one port (SO_REUSEPORT), where it should help
     Server("pytcpecho-workers2", _py("pytcpecho_server.py", "cython", "--workers", "2"),
-           only=("seed-pattern", "1KiB-x10")),
+           only=("connect-each", "1KiB-x10")),
     Server("threading", _py("threading_server.py")),
     Server("asyncio", _py("asyncio_server.py")),
     Server("uvloop", _py("asyncio_server.py", "--uvloop")),
-    Server("seed", _py("seed.py"), seed_only=True),
+    Server("exercise", _py("exercise.py"), exercise_only=True),
 )
 SERVER_BY_NAME = {s.name: s for s in SERVER_LIST}
 

@@ -18,9 +18,9 @@ from typing import Any
 
 Entries = dict[str, dict[str, dict[str, Any]]]  # workload -> server -> extra_info
 
-SERVER_ORDER = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-splice",
-                "pytcpecho-python", "pytcpecho-workers2", "threading", "asyncio", "uvloop",
-                "seed")
+SERVER_ORDER = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-cython-logged",
+                "pytcpecho-splice", "pytcpecho-python", "pytcpecho-workers2", "threading",
+                "asyncio", "uvloop", "exercise")
 
 
 def load(path: Path) -> Entries:
@@ -39,7 +39,7 @@ def metric(workload: str) -> tuple[str, str]:
         return "mib_per_s", "MiB/s"
     if workload.startswith("idle-"):
         return "rss_mib", "MiB RSS"
-    if workload == "seed-pattern":
+    if workload == "connect-each":
         return "messages_per_s", "conn/s"
     return "messages_per_s", "msg/s"
 
@@ -175,10 +175,12 @@ def targets(entries: Entries) -> list[tuple[str, str, bool | None]]:
             ratio(entries, w, "pytcpecho-cython", "pytcpecho-python"), 30)
     p99 = entries.get("gil-1KiB-x10", {}).get("pytcpecho-cython", {}).get("latency_p99_ms")
     add("GIL pressure: cython p99 at 1 KiB (< 2 ms)", p99, 2.0, above=False, unit=" ms")
-    add("connect per message: cython vs C thread (>= 0.7x)",
-        ratio(entries, "seed-pattern", "pytcpecho-cython"), 0.7)
-    add("connect per message: cython vs the seed's server (>= 2x)",
-        ratio(entries, "seed-pattern", "pytcpecho-cython", "seed"), 2.0)
+    add("connect per message: cython -q vs C thread (>= 0.95x)",
+        ratio(entries, "connect-each", "pytcpecho-cython"), 0.95)
+    add("connect per message: cython with per-connection log lines vs C thread (>= 0.8x)",
+        ratio(entries, "connect-each", "pytcpecho-cython-logged"), 0.8)
+    add("connect per message: cython vs the original exercise's server (>= 2x)",
+        ratio(entries, "connect-each", "pytcpecho-cython", "exercise"), 2.0)
     add("cython vs uvloop, 100KiB-x10 (>= 1.4x)",
         ratio(entries, "100KiB-x10", "pytcpecho-cython", "uvloop"), 1.4)
     idle = [w for w in entries if w.startswith("idle-")]

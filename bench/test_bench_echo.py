@@ -23,13 +23,11 @@ WORKLOADS: dict[str, list[str]] = {
     "1KiB-x10": ["--size", "1024", "-c", "10", "-t", S],
     "1GiB-stream" if harness.FULL else f"{harness.STREAM_MIB}MiB-stream":
         ["--size", "1MiB", "--mode", "stream", "-c", "1", "-n", str(harness.STREAM_MIB)],
-    "seed-pattern": ["--size", "102400", "-c", "2", "--connect-each", "-t", S],
+    "connect-each": ["--size", "102400", "-c", "2", "--connect-each", "-t", S],
     "1000-connections": ["--size", "1024", "-c", "1000", "-t", S, "--timeout", "30"],
     "gil-100KiB-x10": ["--size", "102400", "-c", "10", "-t", S],
     "gil-1KiB-x10": ["--size", "1024", "-c", "10", "-t", S],
 }
-OWN = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-splice", "pytcpecho-python",
-       "pytcpecho-workers2")
 
 
 @pytest.fixture(scope="session")
@@ -75,12 +73,12 @@ def _check(workload: str, server: str, doc: dict[str, Any]) -> None:
     assert doc["status"] == 0, f"{where}: the load generator exited {doc['status']}"
     if workload == "1000-connections":  # the README: 0 errors at 1000 connections
         assert doc["connections_opened"] == 1000, f"{where}: {doc['connections_opened']}"
-    if workload == "seed-pattern":  # a connection per message
+    if workload == "connect-each":  # a connection per message
         assert doc["connections_opened"] == doc["messages"], f"{where}: {doc}"
 
 
 def _entries() -> list[tuple[str, str]]:
-    """Every server in every workload; the seed's server in its own pattern only."""
+    """Every server in every workload; the original exercise's server in its own pattern only."""
     return [(w, s.name) for w in WORKLOADS for s in SERVER_LIST if s.runs(w)]
 
 
@@ -105,7 +103,7 @@ def test_echo(benchmark: Any, c_built: bool, workload: str, server_name: str) ->
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("count", harness.IDLE_COUNTS)
 @pytest.mark.parametrize("server_name", [s.name for s in SERVER_LIST
-                                         if not s.seed_only and not s.only])
+                                         if not s.exercise_only and not s.only])
 def test_idle_memory(benchmark: Any, c_built: bool, server_name: str, count: int) -> None:
     server = _server(server_name, c_built)
     benchmark.group = f"idle-{count}"

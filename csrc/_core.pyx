@@ -207,7 +207,7 @@ cdef class EchoSession:
     """One server connection: recv into a preallocated buffer, send it back.
 
     mode "stream" echoes whatever arrives (RFC 862); mode "message" reads
-    exactly ``size`` bytes, sends them back, and repeats (the seed's protocol).
+    exactly ``size`` bytes, sends them back, and repeats (the original exercise's protocol).
     ``run()`` returns "eof" when the client closed, "limit" when it sent more
     than ``max_bytes``; errors raise OSError.  The counters are plain C fields,
     readable from Python while the loop runs.
@@ -304,7 +304,7 @@ cdef class EchoSession:
                     break
                 got += n
             if got > 0:
-                # EOF mid-message echoes what came, as the seed's server does.
+                # EOF mid-message echoes what came, as the original exercise's server did.
                 send_all(self.fd, self.buf, got)
                 self.bytes_out += got
                 self.messages += 1

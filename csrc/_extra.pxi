@@ -140,7 +140,7 @@ cdef class SpliceSession:
 # -- client: connect, one message, close, again -----------------------------------
 
 cdef class ConnectEachSession(ClientSession):
-    """The seed's pattern in C: each message on a new connection.
+    """The original exercise's pattern in C: each message on a new connection.
 
     Construct like ClientSession with fd=-1, name the server with target(),
     then run_each().  Latency of a message counts from its due time through

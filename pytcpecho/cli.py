@@ -297,7 +297,7 @@ def _ping(args: argparse.Namespace) -> int:
 # -- demo -----------------------------------------------------------------------
 
 def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser("demo", help="replay the seed's test on this machine",
+    p = sub.add_parser("demo", help="replay the original exercise on this machine",
                        description="Start a server on a free port, connect two clients at "
                                    "once, then one more, each echoing 100 KiB.")
     p.add_argument("--core", choices=cores.CORES, default="auto", help="core to demonstrate")
@@ -335,7 +335,7 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--rate", type=_arg(_rate, "rate"), default=None, metavar="MSG_PER_S",
                    help="open loop at this many messages/s in all (default: closed loop)")
     p.add_argument("--connect-each", action="store_true",
-                   help="a new connection for every message (the seed's pattern)")
+                   help="a new connection for every message (the original exercise's pattern)")
     p.add_argument("--seed", type=int, default=None, help="payload seed (default: random)")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.set_defaults(run=_bench)

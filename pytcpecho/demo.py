@@ -1,4 +1,4 @@
-"""``pytcpecho demo``: the seed's test, replayed on this machine.
+"""``pytcpecho demo``: the original exercise, replayed on this machine.
 
 The report ran one server on port 8000 and clients that connected to it by
 hostname; two clients ran at the same time, then one more.  Here the server
@@ -48,7 +48,7 @@ def _client(name: str, host: str, port: int, core: str, results: list[bool]) -> 
 
 
 def run_demo(core: str = "auto", mode: str = "message") -> bool:
-    """Run the seed's scenario; True when every client got its 102,400 bytes back intact."""
+    """Replay the original exercise; True when every client got its 102,400 bytes back intact."""
     logger = logging.getLogger("pytcpecho")
     saved = logger.handlers[:], logger.level, logger.propagate
     logger.handlers[:] = [_ServerLines()]

@@ -1,4 +1,4 @@
-"""Log output for people (text, the seed's lines) or for log collectors (JSON lines).
+"""Log output for people (text, the original exercise's lines) or for log collectors (JSON lines).
 
 ``--log-format json`` writes one JSON object per line: time, level, logger,
 message, plus the structured fields a record carries: ``peer`` from an address
@@ -74,7 +74,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The seed's plain lines; a worker of ``serve --workers`` prefixes its number."""
+    """The original exercise's plain lines; a worker of ``serve --workers`` prefixes its number."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

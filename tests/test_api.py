@@ -1,5 +1,5 @@
 """The Python API, the payload pattern shared by both cores, and what a demanding user
-runs into that the seed never tried: mixed modes, many messages, big messages."""
+runs into that the original exercise never tried: mixed modes, many messages, big messages."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pytcpecho import core as cores
 from pytcpecho.pattern import BLOCK, HEADER, Pattern, make_base
 from pytcpecho.sockets import set_io_timeout
 
-SEED_SIZE = 102400
+EXERCISE_SIZE = 102400
 MIB = 1 << 20
 
 
@@ -264,12 +264,12 @@ def test_result_fields(core: str) -> None:
 
 # -- what a demanding user tries -------------------------------------------------------------
 
-@pytest.mark.parametrize(("size", "count"), [(SEED_SIZE, 3), (1000, 1), (150_000, 1),
+@pytest.mark.parametrize(("size", "count"), [(EXERCISE_SIZE, 3), (1000, 1), (150_000, 1),
                                              (150_000, 7)])
 def test_stream_client_against_message_server(core: str, size: int, count: int) -> None:
     """The server's unit does not matter to a stream client: whole messages come back at
     once, the tail when the client half-closes."""
-    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
+    with running_server(mode="message", size=EXERCISE_SIZE, core=core) as server:
         result = EchoClient(LOCALHOST, server.address[1], size=size, count=count,
                             mode="stream", core=core).run()
     assert result.intact, result.problem
@@ -277,8 +277,8 @@ def test_stream_client_against_message_server(core: str, size: int, count: int) 
 
 
 def test_message_client_many_round_trips_against_message_server(core: str) -> None:
-    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
-        result = EchoClient(LOCALHOST, server.address[1], size=SEED_SIZE, count=20,
+    with running_server(mode="message", size=EXERCISE_SIZE, core=core) as server:
+        result = EchoClient(LOCALHOST, server.address[1], size=EXERCISE_SIZE, count=20,
                             core=core).run()
         assert server.wait(lambda s: s.active == 0, 10)
         assert server.stats.total == 1  # one connection for all 20
@@ -289,7 +289,7 @@ def test_message_client_many_round_trips_against_message_server(core: str) -> No
 def test_smaller_messages_than_the_server_expects_time_out_cleanly(core: str) -> None:
     """A message-mode server waits for a whole message: a client sending smaller ones,
     more than one, gets no echo until its timeout, and says so (no hang, no traceback)."""
-    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
+    with running_server(mode="message", size=EXERCISE_SIZE, core=core) as server:
         result = EchoClient(LOCALHOST, server.address[1], size=1000, count=2, core=core,
                             timeout=0.3).run()
         assert server.wait(lambda s: s.active == 0, 10)
@@ -305,7 +305,7 @@ def test_smaller_messages_than_the_server_expects_time_out_cleanly(core: str) ->
     ["bench", "--size", "1000", "--count", "4", "--connections", "2"],
 ])
 def test_size_mismatch_is_named_on_the_command_line(command: list[str]) -> None:
-    with running_server(mode="message", size=SEED_SIZE) as server:
+    with running_server(mode="message", size=EXERCISE_SIZE) as server:
         result = cli(command[0], f"127.0.0.1:{server.address[1]}", *command[1:],
                      "--timeout", "0.3")
     assert result.returncode == 1, result
@@ -329,7 +329,7 @@ def test_stream_timeout_has_no_size_hint(core: str) -> None:
 
 @pytest.mark.parametrize("server_mode", ["message", "stream"])
 def test_ping_against_either_server_mode(server_mode: str) -> None:
-    with running_server(mode=server_mode, size=SEED_SIZE) as server:
+    with running_server(mode=server_mode, size=EXERCISE_SIZE) as server:
         result = cli("ping", f"127.0.0.1:{server.address[1]}", "-c", "2", "--size", "1KiB")
     assert result.returncode == 0, result
     assert result.stdout.count("1024 bytes from 127.0.0.1:") == 2
@@ -348,7 +348,7 @@ def test_messages_larger_than_every_socket_buffer(core: str, server_mode: str) -
 
 def test_close_ends_connections_in_flight(core: str) -> None:
     """close() wakes every connection thread and joins it, even mid-message."""
-    with running_server(mode="message", size=SEED_SIZE, core=core) as server:
+    with running_server(mode="message", size=EXERCISE_SIZE, core=core) as server:
         socks = [connect(server.address[1]) for _ in range(3)]
         for sock in socks:
             sock.sendall(b"x" * 100)

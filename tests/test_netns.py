@@ -1,6 +1,6 @@
-"""The seed's test on its own network (namespaces), then faults on that network.
+"""The original exercise on its own network (namespaces), then faults on that network.
 
-Each test builds a fresh lab (tests/netns.py) laid out as the seed's Docker
+Each test builds a fresh lab (tests/netns.py) laid out as the exercise's Docker
 network: a bridge, z34_server2 at 198.18.0.1, z34_client1 at .2,
 z34_client2 at .3; it is removed afterwards, failed or not.  Without root
 these skip with the reason; with CI=true they must run.
@@ -20,14 +20,14 @@ from support import ServeProcess, proc_usage, wait_usage
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
-SERVER, C1, C2 = "z34_server2", "z34_client1", "z34_client2"  # the seed's hostnames
-SEED_HOSTS = (SERVER, C1, C2)
+SERVER, C1, C2 = "z34_server2", "z34_client1", "z34_client2"  # the exercise's hostnames
+EXERCISE_HOSTS = (SERVER, C1, C2)
 TARGET = f"{SERVER}:8000"
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with open_lab(SEED_HOSTS) as built:
+    with open_lab(EXERCISE_HOSTS) as built:
         yield built
 
 
@@ -51,7 +51,7 @@ def assert_back_to_baseline(server: ServeProcess, fds: int) -> None:
     assert usage.threads == 2 and usage.fds == fds
 
 
-def test_seed_network_two_clients_at_once_then_once_more(lab: Lab) -> None:
+def test_exercise_network_two_clients_at_once_then_once_more(lab: Lab) -> None:
     with serve(lab, "--mode", "message", "--worker-idle", "1") as server:
         server.wait_for(r"Server at .*:8000")
         fds_idle = proc_usage(server.proc.pid).fds
@@ -78,7 +78,7 @@ def test_seed_network_two_clients_at_once_then_once_more(lab: Lab) -> None:
         assert len(connected) == 2, log
     assert log.count("Received 102400 bytes") == 4 and log.count("Data sent back to client") == 4
     assert "Served 4 connections, echoed 409600 bytes, 0 errors" in log
-    print(f"\nseed network: 2 rounds x 2 clients ({lab.addresses[C1]}, {lab.addresses[C2]}) -> "
+    print(f"\nexercise network: 2 rounds x 2 clients ({lab.addresses[C1]}, {lab.addresses[C2]}) -> "
           f"{SERVER} ({lab.addresses[SERVER]}):8000, 4 x 102400 bytes intact, 0 mismatches, "
           f"threads/fds back to baseline")
 
@@ -161,7 +161,7 @@ def test_small_mtu_576(lab: Lab) -> None:
 
 def test_lab_is_removed_afterwards() -> None:
     """A lab built and closed leaves no namespace, process or hosts dir behind."""
-    with open_lab(SEED_HOSTS) as built:
+    with open_lab(EXERCISE_HOSTS) as built:
         names = [built.bridge_ns, *built.ns.values()]
         built.start(SERVER, ["sleep", "600"])  # a process close() must end
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

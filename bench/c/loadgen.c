@@ -1,6 +1,6 @@
 /* Reference load generator: N connections, each a message -> echo loop, for D seconds.
  * usage: loadgen PORT SIZE CONNECTIONS SECONDS [each]
- * "each" opens a new connection per message (the seed's pattern).
+ * "each" opens a new connection per message (the original exercise's pattern).
  * Prints: messages=M seconds=S messages_per_s=R mib_per_s=B errors=E */
 #include "common.h"
 #include <time.h>

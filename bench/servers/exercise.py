@@ -1,9 +1,9 @@
-"""The seed's server, as its report shows it (a baseline, not a model).
+"""The original exercise's server, as its report shows it (a baseline, not a model).
 
 The original exercise's server, transcribed from its report: one thread per client, read exactly
 DATA_SIZE bytes by concatenation, send them back, close.  BUFSIZE is not in
 the report; 1024 is assumed.  Only the connect-per-message pattern suits it.
-usage: seed.py PORT [--burn]
+usage: exercise.py PORT [--burn]
 """
 
 import socket
@@ -37,7 +37,7 @@ def do_client(conn, addr) -> None:
 
 maybe_burn()
 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not in the seed: rebinding in a bench
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ours: a bench rebinds
     s.bind((HOST, PORT))
     s.listen(5)
     print(f"Server at {HOST}:{s.getsockname()[1]}", flush=True)
