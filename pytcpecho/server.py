@@ -392,23 +392,30 @@ class EchoServer:
 
     def _connection_thread(self) -> None:
         """Wait for a client, serve it, again; leave when serving stops or after
-        worker_idle seconds of waiting while another thread waits too."""
+        worker_idle seconds of waiting while another thread waits too.
+
+        This loop is the per-connection path of the server: what it does between
+        one client's last byte and the next client's first is kept to the few
+        steps it needs, with the lock taken twice and no notification where no
+        one waits for it.
+        """
         session: ServerSession | None = None
         try:
-            waiting = True  # _start_thread counted this thread as waiting
+            counted = True  # _start_thread counted this thread as waiting
             while True:
-                client = self._next_client(waiting)
-                waiting = False
+                client = self._next_client(counted)
+                counted = False
                 if client is None:
                     return
                 fd, peer = client
-                self._start_thread()  # if this was the last waiting thread
+                if not self._waiting:  # this was the last waiting thread: start one
+                    self._start_thread()
                 if session is None:
-                    session = self._new_session(fd, peer)
-                if session is not None:
-                    self._serve_client(session, fd, peer)
-                else:
-                    self._finish(fd, None)
+                    session = self._new_session(peer)
+                    if session is None:
+                        self._finish(fd, None)
+                        continue
+                self._serve_client(session, fd, peer)
         finally:
             with self._changed:
                 self._threads.discard(threading.current_thread())
@@ -416,61 +423,57 @@ class EchoServer:
 
     def _next_client(self, counted: bool) -> tuple[int, Peer] | None:
         """The next client (an accepted fd, admitted and counted), or None: leave."""
-        with self._changed:
+        with self._lock:
             if not counted:
                 self._waiting += 1
             if not self._accepting:
-                self._waiting -= 1
-                self._changed.notify_all()
+                self._leave_locked()
                 return None
-        since = time.monotonic()
+        doorbell, listener = self._doorbell, self._listener
         while True:
             # Only a thread the doorbell woke accepts: one that comes back from a client
             # and tried accept() at once would race the thread already woken for it.
-            if not self._wait(since):
+            if not doorbell.wait(self._worker_idle):
+                with self._lock:
+                    if self._waiting > 1 or not self._accepting:
+                        self._leave_locked()  # idle, and another thread waits
+                        return None
+                continue
+            if not self._accepting:
+                with self._lock:
+                    self._leave_locked()
                 return None
             try:
-                fd, addr = _accept_fd(self._listener)
-            except BlockingIOError:
-                self._doorbell.rearm()
+                fd, addr = _accept_fd(listener)
+            except BlockingIOError:  # another thread took it first
+                doorbell.rearm()
                 continue
             except OSError as exc:
-                self._doorbell.rearm()
+                doorbell.rearm()
                 if not self._accepting:  # the listener was closed under us
-                    return self._leave()
-                if exc.errno in _RETRY_ACCEPT:
-                    continue
-                # Out of fds (EMFILE) or memory, or unforeseen: never die, never spin.
-                with self._lock:
-                    self._errors += 1
-                self._log_accept_error(log, logging.WARNING,
-                                       "Cannot accept: %s; pausing for %g s",
-                                       exc.strerror or exc, ACCEPT_PAUSE)
-                time.sleep(ACCEPT_PAUSE)
+                    with self._lock:
+                        self._leave_locked()
+                    return None
+                if exc.errno not in _RETRY_ACCEPT:
+                    self._accept_failed(exc)
                 continue
-            self._doorbell.rearm()  # more clients waiting wake the next thread now
+            doorbell.rearm()  # more clients waiting wake the next thread now
             peer = peer_name(addr)
             if self._admit(fd, peer):
                 return fd, peer
 
-    def _wait(self, since: float) -> bool:
-        """Sleep (without the GIL) until a client may be there; False: leave (serving has
-        stopped, or idle for worker_idle while another thread waits too)."""
-        while True:
-            left = since + self._worker_idle - time.monotonic()
-            if left > 0 and self._doorbell.wait(left) and self._accepting:
-                return True
-            with self._changed:
-                if not self._accepting or self._waiting > 1:
-                    self._waiting -= 1
-                    self._changed.notify_all()
-                    return False
-            since = time.monotonic()  # the last one waiting stays for the next client
+    def _leave_locked(self) -> None:
+        """A waiting thread leaves (the lock held): _stop_accepting() may wait for it."""
+        self._waiting -= 1
+        self._changed.notify_all()
 
-    def _leave(self) -> None:
-        with self._changed:
-            self._waiting -= 1
-            self._changed.notify_all()
+    def _accept_failed(self, exc: OSError) -> None:
+        """Out of fds (EMFILE) or memory, or unforeseen: never die, never spin."""
+        with self._lock:
+            self._errors += 1
+        self._log_accept_error(log, logging.WARNING, "Cannot accept: %s; pausing for %g s",
+                               exc.strerror or exc, ACCEPT_PAUSE)
+        time.sleep(ACCEPT_PAUSE)
 
     def _permitted(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip.split("%")[0])
@@ -479,7 +482,7 @@ class EchoServer:
         return not self.allow or any(addr in net for net in self.allow)
 
     def _admit(self, fd: int, peer: Peer) -> bool:
-        """Count the client in (True), or close it: refused, gone, or serving stopped."""
+        """Count the client in (True), or close it: refused, or already gone."""
         if (self.allow or self.deny) and not self._permitted(peer[0]):
             conn_log.warning("Refused client at %r (not allowed)", peer)
             os.close(fd)
@@ -492,12 +495,13 @@ class EchoServer:
             except OSError:  # the client is already gone
                 os.close(fd)
                 return False
-        with self._changed:
+        with self._lock:
             self._waiting -= 1
             self._conns[fd] = None
             self._total += 1
             full = len(self._conns) >= self.max_clients
-            self._changed.notify_all()
+            if not self._accepting:
+                self._changed.notify_all()  # _stop_accepting() waits for the waiting count
         if full:
             self._log_full(log, logging.WARNING,
                            "At the limit of %d clients: not accepting until one leaves "
@@ -506,7 +510,7 @@ class EchoServer:
 
     # -- serving one client -------------------------------------------------
 
-    def _new_session(self, fd: int, peer: Peer) -> ServerSession | None:
+    def _new_session(self, peer: Peer) -> ServerSession | None:
         """This thread's session, made for its first client and kept for every next one."""
         on_message = _report_message if conn_log.isEnabledFor(logging.INFO) else None
         try:
@@ -521,8 +525,7 @@ class EchoServer:
         served = False
         try:
             session.attach(fd)
-            with self._lock:
-                self._conns[fd] = session
+            self._conns[fd] = session  # the key is there already: no lock needed to set it
             served = True
             conn_log.info("Connected by client at %r", peer)
             ended = session.run()
@@ -536,13 +539,15 @@ class EchoServer:
             self._finish(fd, session if served else None)
 
     def _finish(self, fd: int, session: ServerSession | None) -> None:
-        with self._changed:
+        with self._lock:
             del self._conns[fd]
-            self._cut.discard(fd)
+            if self._cut:
+                self._cut.discard(fd)
             if session is not None:
                 self._done_in += session.bytes_in
                 self._done_out += session.bytes_out
-            self._changed.notify_all()
+            if not self._conns or self._closing:
+                self._changed.notify_all()  # drain() waits for the last one
         os.close(fd)  # only now: close() shuts down what is in _conns, by number
 
     def _log_failure(self, peer: Peer, session: ServerSession | None, exc: OSError,
@@ -570,7 +575,7 @@ class EchoServer:
         elif cut:
             conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
-        else:
+        elif conn_log.isEnabledFor(logging.INFO):  # -q: not even the words are made
             conn_log.info("Connection closed by client at %r%s", peer,
                           _echoed(session) if self.mode == "stream" else "")
 
@@ -645,8 +650,10 @@ class _Doorbell:
     def rearm(self) -> None:
         """After an accept() that followed a wait: the next client may ring again."""
         if self._epoll is not None:
-            with contextlib.suppress(OSError):  # closed: serving has stopped
+            try:  # noqa: SIM105 (once per client: no context manager object for it)
                 self._epoll.modify(self._listener, self._ARMED)
+            except (OSError, ValueError):  # closed: serving has stopped
+                pass
 
     def close(self) -> None:
         if self._epoll is not None:

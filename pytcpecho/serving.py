@@ -107,6 +107,10 @@ def log_summary(logger: logging.Logger, stats: ServerStats, more: str = "",
                 stats.over_limit, stats.refused, *more_args)
 
 
+LOG_BATCH_DELAY = 0.02
+"""Seconds a log line waits for the ones right behind it, to go out in one write."""
+
+
 def raise_nofile_limit() -> None:
     """Room for as many connections as the hard limit allows (soft RLIMIT_NOFILE up to it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -124,16 +128,31 @@ def run(options: ServeOptions,
     """
     # Handlers first: as PID 1 (a container), a signal without one is ignored.
     stop = threading.Event()
+    wake = threading.Event()  # the main thread's: a stop signal, or log lines to write
+    handler: logs.StdoutHandler | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
+            if handler is not None:
+                handler.flush_batch(blocking=False)
             print(f"{signal.Signals(signum).name} again: exiting now", flush=True)
             os._exit(EXIT_FAILED)
         stop.set()
+        wake.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    logs.setup(options.verbose, options.quiet, options.log_format)
+    handler = logs.setup(options.verbose, options.quiet, options.log_format, wake)
+    try:
+        return _serve(options, report_stats, stop, wake, handler)
+    finally:
+        handler.flush_batch()
+
+
+def _serve(options: ServeOptions, report_stats: Callable[[ServerStats], None] | None,
+           stop: threading.Event, wake: threading.Event, handler: logs.StdoutHandler) -> int:
+    """run() once its signal handlers and log are in place: the main thread writes the
+    log lines the connection threads queue, in batches, until a stop signal."""
     raise_nofile_limit()
     threading.stack_size(THREAD_STACK)
     try:
@@ -150,7 +169,12 @@ def run(options: ServeOptions,
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
     server.start()  # the connection threads accept: no thread of ours waits for them
-    stop.wait()
+    while not stop.is_set():
+        wake.wait()
+        stop.wait(LOG_BATCH_DELAY)  # the lines right behind the first join its write
+        wake.clear()
+        handler.flush_batch()
+    handler.unbatch()  # from here on every line is written at once: the drain is watched
     server.shutdown()  # stop accepting before anything else
     active = server.stats.active
     log.info("Shutting down: %d connection%s in flight, up to %g s to finish",
