@@ -11,8 +11,8 @@ EXIT_OK = 0
 EXIT_NOT_INTACT = 1
 """An echo did not come back intact."""
 EXIT_FAILED = 1
-"""serve: the accept loop failed, or a second signal cut the drain short (a process
-manager that restarts on failure then does)."""
+"""serve: a second signal cut the drain short (a process manager that restarts on
+failure then does)."""
 EXIT_USAGE = 2
 """Bad input: one line on stderr."""
 EXIT_UNREACHABLE = 3
