@@ -116,8 +116,11 @@ def memory_table(entries: Entries) -> str:
         cells = []
         for w in idle:
             info = entries[w].get(s)
+            held = "" if info is None or info.get("connections", int(w[5:])) == int(w[5:]) \
+                else f", {info['connections']} held: the fd limit"
             cells.append("" if info is None else
-                         f"{info['rss_mib']:.1f} MiB ({info['kib_per_connection']:.1f} KiB/conn)")
+                         f"{info['rss_mib']:.1f} MiB ({info['kib_per_connection']:.1f} "
+                         f"KiB/conn{held})")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

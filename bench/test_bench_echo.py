@@ -107,13 +107,17 @@ def test_echo(benchmark: Any, c_built: bool, workload: str, server_name: str) ->
 def test_idle_memory(benchmark: Any, c_built: bool, server_name: str, count: int) -> None:
     server = _server(server_name, c_built)
     benchmark.group = f"idle-{count}"
+    harness.raise_nofile()
+    # A server whose idle connection holds more than one fd holds fewer within the fd
+    # limit: its entry says how many it held (the report shows it per connection).
+    count = min(count, harness.idle_fd_budget(server.fds_per_idle))
     with harness.running(server) as proc:
         doc = benchmark.pedantic(harness.hold_idle, args=(proc, count), rounds=1, iterations=1)
-    _record(benchmark, f"idle-{count}", server_name, doc)
-    # Held every connection, still echoes on each, and lived through it; the memory is
-    # recorded, not bounded.
+    _record(benchmark, benchmark.group, server_name, doc)
+    # Held every connection, still echoes on each one sampled, and lived through it; the
+    # memory is recorded, not bounded.
     assert doc["held"] == count, doc
-    assert doc["errors"] == 0, f"{doc['errors']} of {count} idle connections did not echo"
+    assert doc["errors"] == 0, f"{doc['errors']} sampled idle connections did not echo"
     assert doc["alive"], f"{server_name} died holding {count} idle connections"
     assert doc["rss_mib"] > 0 and "kib_per_connection" in doc, doc
 
