@@ -226,7 +226,7 @@ def chart(entries: Entries, path: Path) -> None:
             if r:
                 xs.append(j + i * width - 0.4 + width / 2)
                 ys.append(r)
-        ax.bar(xs, ys, width, label=s)
+        ax.bar(xs, ys, width, label=s, color=plt.get_cmap("tab20")(i))
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(workloads)), workloads, rotation=15)
