@@ -20,8 +20,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from support import ServeProcess, require
 
@@ -32,6 +33,7 @@ PREFIX_LEN = 24
 assert SUBNET.startswith("198.18."), "only 198.18.0.0/15 may be used"
 
 _serial = itertools.count()
+L = TypeVar("L", bound="Lab")
 
 
 def why_not() -> str | None:
@@ -100,24 +102,34 @@ class Lab:
         run("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
         for host, address in self.addresses.items():
-            ns = self.ns[host]
-            etc = NETNS_ETC / ns
-            etc.mkdir(parents=True, exist_ok=False)
-            self.etc_dirs.append(etc)
-            (etc / "hosts").write_text(hosts_file)
-            self._add_ns(ns)
+            ns = self._add_host(host, hosts_file)
             port = self.port(host)
             run("ip", "-n", self.bridge_ns, "link", "add", port, "type", "veth",
                 "peer", "name", "eth0", "netns", ns)
             run("ip", "-n", self.bridge_ns, "link", "set", port, "master", "br0", "up")
-            run("ip", "-n", ns, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
+            self._up(ns, address)
         return self
 
     def _add_ns(self, name: str) -> None:
         run("ip", "netns", "add", name)
         self.made.append(name)
+
+    def _add_host(self, host: str, hosts_file: str) -> str:
+        """``host``'s namespace with its hosts file; its name."""
+        ns = self.ns[host]
+        etc = NETNS_ETC / ns
+        etc.mkdir(parents=True, exist_ok=False)
+        self.etc_dirs.append(etc)
+        (etc / "hosts").write_text(hosts_file)
+        self._add_ns(ns)
+        return ns
+
+    @staticmethod
+    def _up(ns: str, address: str) -> None:
+        """``eth0`` of ``ns``, moved there already, up with ``address``; and loopback."""
+        run("ip", "-n", ns, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        run("ip", "-n", ns, "link", "set", "lo", "up")
 
     def close(self) -> list[str]:
         """Remove every namespace, process in it and hosts dir made; returns what failed."""
@@ -205,20 +217,13 @@ class RoutedLab(Lab):
         self.ip(None, "link", "set", "lo", "up")
         run("ip", "netns", "exec", self.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for host, address in self.addresses.items():
-            ns = self.ns[host]
-            etc = NETNS_ETC / ns
-            etc.mkdir(parents=True, exist_ok=False)
-            self.etc_dirs.append(etc)
-            (etc / "hosts").write_text(hosts_file)
-            self._add_ns(ns)
+            ns = self._add_host(host, hosts_file)
             port, gateway = self.port(host), self._gateways[host]
             self.ip(None, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                     "netns", ns)
             self.ip(None, "addr", "add", f"{gateway}/{PREFIX_LEN}", "dev", port)
             self.ip(None, "link", "set", port, "up")
-            run("ip", "-n", ns, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
+            self._up(ns, address)
             run("ip", "-n", ns, "route", "add", "default", "via", gateway)
         return self
 
@@ -239,26 +244,24 @@ class RoutedLab(Lab):
                        text=True, check=True, capture_output=True, timeout=20)
 
 
-@contextlib.contextmanager
-def routed_lab() -> Iterator[RoutedLab]:
+def routed_lab() -> contextlib.AbstractContextManager[RoutedLab]:
     """A built RoutedLab, as lab() gives a Lab."""
-    require_lab()
-    built = RoutedLab()
-    try:
-        yield built.build()
-    finally:
-        problems = built.close()
-        assert not problems, f"the lab was not fully removed: {problems}"
+    return _built(RoutedLab)
 
 
-@contextlib.contextmanager
-def lab(hosts: Sequence[str]) -> Iterator[Lab]:
+def lab(hosts: Sequence[str]) -> contextlib.AbstractContextManager[Lab]:
     """A built lab for the test (or the test skipped, or failed in CI, where none can be);
     removed afterwards, completely, or the test fails."""
+    return _built(lambda: Lab(hosts))
+
+
+@contextlib.contextmanager
+def _built(make: Callable[[], L]) -> Iterator[L]:
     require_lab()
-    built = Lab(hosts)
+    built = make()
     try:
-        yield built.build()
+        built.build()
+        yield built
     finally:
         problems = built.close()
         assert not problems, f"the lab was not fully removed: {problems}"
