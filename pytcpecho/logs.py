@@ -9,6 +9,7 @@ before that word in the message, anything passed as ``extra=``, and the
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -84,6 +85,15 @@ class TextFormatter(logging.Formatter):
         return f"[worker {worker}] {text}" if worker is not None else text
 
 
+_tags: dict[str, Any] = {}  # what tag_records() adds to every record of this process
+
+
+def plain_line(text: str) -> str:
+    """A plain line as TextFormatter writes one: a worker's number before it."""
+    worker = _tags.get("worker")
+    return f"[worker {worker}] {text}" if worker is not None else text
+
+
 def silence_stdout() -> None:
     """Point stdout at /dev/null once its reader is gone (``| head``), so that no later
     write or the flush at exit raises BrokenPipeError again."""
@@ -92,63 +102,98 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
+Queued = logging.LogRecord | tuple[str, tuple[object, ...]]
+"""A batched handler's queue entry: a record, or a plain line's message and arguments."""
+
+
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Log lines to stdout; should stdout go away (``serve | head``), say so once on
     stderr and serve on without a log, rather than a traceback for every line.
 
-    Batched (``wake`` given), a record is only queued by the thread that logs
-    it, and ``flush_batch()`` formats the queue and writes it in one write()
-    from the thread that ``wake`` wakes: a connection thread then neither
-    formats, nor makes a syscall, nor lets go of the GIL for its lines, which
-    under many short connections cost more than the connections themselves.
-    The first record queued after a flush sets ``wake``.
+    Batched (``wake`` given), a line is only queued by the thread that logs it,
+    and ``flush_batch()`` formats the queue and writes it in one write() from
+    the thread that ``wake`` wakes: a connection thread then neither formats,
+    nor makes a syscall, nor lets go of the GIL for its lines, which under many
+    short connections cost more than the connections themselves.  ``plain``
+    output (text, no -v) can also queue a line as its message and arguments
+    alone (``queue``), with no record made at all.
     """
 
-    SLICE = 16  # records formatted and written at a time
+    SLICE = 16  # lines formatted and written at a time
 
-    def __init__(self, wake: threading.Event | None = None) -> None:
+    def __init__(self, wake: threading.Event | None = None, plain: bool = False) -> None:
         super().__init__(sys.stdout)
         self.closed_under_us = False
+        self.plain = plain
         self._wake = wake
-        self._queued: list[logging.LogRecord] = []
+        self._queued: collections.deque[Queued] = collections.deque()
         self._writing = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._wake is None:
             super().emit(record)
             return
-        self._queued.append(record)  # handle() holds the handler's lock; formatted later
-        if len(self._queued) == 1:
-            self._wake.set()
+        self._queued.append(record)  # formatted later, in order with every other line
+        self._ring(self._wake)
+
+    def queue(self, msg: str, args: tuple[object, ...]) -> None:
+        """A plain line, ``msg % args``, without a record (only where ``plain``)."""
+        wake = self._wake
+        if wake is None:  # no longer batched: write it now
+            self.acquire()
+            try:
+                self._write([(msg, args)])
+            except BrokenPipeError:
+                self._output_closed()
+            finally:
+                self.release()
+            return
+        self._queued.append((msg, args))
+        self._ring(wake)
+
+    @staticmethod
+    def _ring(wake: threading.Event) -> None:
+        if not wake.is_set():  # any line queued after the writer cleared it rings again
+            wake.set()
 
     def flush_batch(self, blocking: bool = True) -> None:
-        """Write what is queued, in one go (a signal handler passes blocking=False)."""
+        """Write what is queued, in order (a signal handler passes blocking=False)."""
         if not self._writing.acquire(blocking):
             return
         try:
-            self.acquire()
-            try:
-                records, self._queued = self._queued, []
-            finally:
-                self.release()
+            entries: list[Queued] = []
+            with contextlib.suppress(IndexError):
+                while True:  # popleft() and append() are atomic: no lock, nothing lost
+                    entries.append(self._queued.popleft())
             # In slices: each write() lets go of the GIL, so connection threads never
             # wait for a whole batch to be formatted.
-            for start in range(0, len(records), self.SLICE):
+            for start in range(0, len(entries), self.SLICE):
                 if self.closed_under_us:
                     break
-                self.stream.write("".join(self._lines(records[start:start + self.SLICE])))
-                self.stream.flush()
+                self._write(entries[start:start + self.SLICE])
         except BrokenPipeError:
             self._output_closed()
         finally:
             self._writing.release()
 
-    def _lines(self, records: list[logging.LogRecord]) -> Iterator[str]:
-        for record in records:
-            try:
-                yield self.format(record) + self.terminator
-            except Exception:
-                self.handleError(record)
+    def _write(self, entries: list[Queued]) -> None:
+        self.stream.write("".join(self._lines(entries)))
+        self.stream.flush()
+
+    def _lines(self, entries: list[Queued]) -> Iterator[str]:
+        for entry in entries:
+            if isinstance(entry, logging.LogRecord):
+                try:
+                    yield self.format(entry) + self.terminator
+                except Exception:
+                    self.handleError(entry)
+            else:
+                msg, args = entry
+                try:
+                    text = msg % args if args else msg
+                except (TypeError, ValueError):
+                    text = f"{msg} {args!r}"
+                yield plain_line(text) + self.terminator
 
     def unbatch(self) -> None:
         """Write every line at once from now on (after what is queued)."""
@@ -179,14 +224,45 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 sys.stderr.flush()
 
 
+class ConnectionLog:
+    """``serve``'s per-connection lines, as cheap as can be for the thread that logs them.
+
+    It takes a logger's calls (the server's ``conn_log``).  Where the output is
+    plain and batched, an enabled ``info`` line is queued on the handler as its
+    message and arguments, without a record, and written by the main thread in
+    order with every other line; anything else (warnings, exceptions, JSON or
+    -v output) goes to the logger as usual.
+    """
+
+    def __init__(self, logger: logging.Logger, handler: StdoutHandler) -> None:
+        self._logger = logger
+        self._handler = handler
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self._logger.isEnabledFor(level)
+
+    def info(self, msg: str, *args: object) -> None:
+        if self._handler.plain:
+            if self._logger.isEnabledFor(logging.INFO):
+                self._handler.queue(msg, args)
+        else:
+            self._logger.info(msg, *args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self._logger.warning(msg, *args)
+
+    def exception(self, msg: str, *args: object) -> None:
+        self._logger.exception(msg, *args)
+
+
 def setup(verbose: int = 0, quiet: bool = False, fmt: str = "text",
           wake: threading.Event | None = None) -> StdoutHandler:
     """Send pytcpecho's log to stdout in ``fmt``; -v adds detail, -q drops per-connection
     lines; with ``wake``, batched (see StdoutHandler).  Returns the handler."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    handler = StdoutHandler(wake)
     detailed = verbose > 0
+    handler = StdoutHandler(wake, plain=fmt == "text" and not detailed)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(
         "%(asctime)s %(threadName)s %(message)s" if detailed else "%(message)s"))
     # Every field a record would gather for nobody costs each connection's lines time:
@@ -204,6 +280,7 @@ def setup(verbose: int = 0, quiet: bool = False, fmt: str = "text",
 
 def tag_records(**fields: Any) -> None:
     """Add ``fields`` to every log record of this process (a worker's number and pid)."""
+    _tags.update(fields)
     make_record = logging.getLogRecordFactory()
 
     def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:

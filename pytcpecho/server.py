@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from . import core as cores
 from .constants import (
@@ -50,7 +50,16 @@ from .sockets import listen_address, set_io_timeout, set_nodelay
 from .units import format_hostport, format_size, peer_name
 
 log = logging.getLogger("pytcpecho.server")
-conn_log = logging.getLogger("pytcpecho.conn")
+
+
+class LineLog(Protocol):
+    """Where a server's per-connection lines go: a ``logging.Logger`` (by default the
+    ``pytcpecho.conn`` one), or anything that takes the same calls."""
+
+    def isEnabledFor(self, level: int) -> bool: ...
+    def info(self, msg: str, *args: object) -> None: ...
+    def warning(self, msg: str, *args: object) -> None: ...
+    def exception(self, msg: str, *args: object) -> None: ...
 
 # accept(2) on Linux: errors of the new connection itself, to be retried like EAGAIN.
 _RETRY_ACCEPT = frozenset({errno.ENETDOWN, errno.EPROTO, errno.ENOPROTOOPT, errno.EHOSTDOWN,
@@ -143,6 +152,7 @@ class EchoServer:
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
         worker_idle: float = DEFAULT_WORKER_IDLE,
+        conn_log: LineLog | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -163,6 +173,7 @@ class EchoServer:
             raise ValueError("worker_idle must be positive")
         self.mode = mode
         self.size = size
+        self.conn_log: LineLog = conn_log or logging.getLogger("pytcpecho.conn")
         self.core = cores.load(core)
         if mode not in self.core.MODES:
             raise ValueError(f"the {self.core.NAME} core serves {' and '.join(self.core.MODES)} "
@@ -484,7 +495,7 @@ class EchoServer:
     def _admit(self, fd: int, peer: Peer) -> bool:
         """Count the client in (True), or close it: refused, or already gone."""
         if (self.allow or self.deny) and not self._permitted(peer[0]):
-            conn_log.warning("Refused client at %r (not allowed)", peer)
+            self.conn_log.warning("Refused client at %r (not allowed)", peer)
             os.close(fd)
             with self._lock:
                 self._refused += 1
@@ -512,12 +523,12 @@ class EchoServer:
 
     def _new_session(self, peer: Peer) -> ServerSession | None:
         """This thread's session, made for its first client and kept for every next one."""
-        on_message = _report_message if conn_log.isEnabledFor(logging.INFO) else None
+        on_message = self._report_message if self.conn_log.isEnabledFor(logging.INFO) else None
         try:
             return self.core.EchoSession(-1, self.mode, self.size, self.max_bytes, on_message)
         except MemoryError:  # e.g. a message size larger than this machine can hold
             self._count_error()
-            conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
+            self.conn_log.warning("Cannot serve client at %r: out of memory for a %s buffer", peer,
                              format_size(self.size if self.mode == "message" else CHUNK))
             return None
 
@@ -527,14 +538,14 @@ class EchoServer:
             session.attach(fd)
             self._conns[fd] = session  # the key is there already: no lock needed to set it
             served = True
-            conn_log.info("Connected by client at %r", peer)
+            self.conn_log.info("Connected by client at %r", peer)
             ended = session.run()
             self._log_end(peer, session, ended, fd in self._cut)
         except OSError as exc:
             self._log_failure(peer, session, exc, fd in self._cut)
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
-            conn_log.exception("Connection with %r failed", peer)
+            self.conn_log.exception("Connection with %r failed", peer)
         finally:
             self._finish(fd, session if served else None)
 
@@ -553,41 +564,42 @@ class EchoServer:
     def _log_failure(self, peer: Peer, session: ServerSession | None, exc: OSError,
                      cut: bool) -> None:
         if cut:  # close() cut it short: not the client's doing
-            conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
+            self.conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
         elif isinstance(exc, TimeoutError):
             with self._lock:
                 self._timed_out += 1
-            conn_log.warning("Closed connection from %r: idle for %g s%s", peer,
+            self.conn_log.warning("Closed connection from %r: idle for %g s%s", peer,
                              self.idle_timeout or 0, _echoed(session))
         elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-            conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
+            self.conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
         else:
             self._count_error()
-            conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
+            self.conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
 
     def _log_end(self, peer: Peer, session: ServerSession, ended: str, cut: bool) -> None:
         if ended == "limit":
             with self._lock:
                 self._over_limit += 1
-            conn_log.warning("Closed connection from %r: it sent more than %d bytes",
+            self.conn_log.warning("Closed connection from %r: it sent more than %d bytes",
                              peer, self.max_bytes)
         elif cut:
-            conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
+            self.conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
-        elif conn_log.isEnabledFor(logging.INFO):  # -q: not even the words are made
-            conn_log.info("Connection closed by client at %r%s", peer,
+        elif self.conn_log.isEnabledFor(logging.INFO):  # -q: not even the words are made
+            self.conn_log.info("Connection closed by client at %r%s", peer,
                           _echoed(session) if self.mode == "stream" else "")
+
+    def _report_message(self, n: int) -> None:
+        """Per-message lines, in the original exercise's words (needs the GIL: -q skips it)."""
+        self.conn_log.info("Received %d bytes", n)
+        self.conn_log.info("Data sent back to client")
 
     def _count_error(self) -> None:
         with self._lock:
             self._errors += 1
 
 
-def _report_message(n: int) -> None:
-    """Per-message lines, in the original exercise's words (needs the GIL: -q skips it)."""
-    conn_log.info("Received %d bytes", n)
-    conn_log.info("Data sent back to client")
 
 
 def _echoed(session: ServerSession | None) -> str:

@@ -161,7 +161,9 @@ def _serve(options: ServeOptions, report_stats: Callable[[ServerStats], None] | 
                             max_clients=options.max_clients,
                             idle_timeout=options.idle_timeout, max_bytes=options.max_bytes,
                             allow=options.allow, deny=options.deny,
-                            worker_idle=options.worker_idle, reuse_port=options.reuse_port)
+                            worker_idle=options.worker_idle, reuse_port=options.reuse_port,
+                            conn_log=logs.ConnectionLog(logging.getLogger("pytcpecho.conn"),
+                                                        handler))
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
