@@ -91,9 +91,23 @@ class ServerStats:
     over_limit: int = 0
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4 clients of a dual-stack listener
+
+
 def _networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) if isinstance(c, str) else c
-                 for c in cidrs)
+    """The rules as networks, by address rather than by notation: a rule written in
+    IPv4-mapped IPv6 form (inside ::ffff:0:0/96) names the IPv4 clients it maps, as
+    the IPv4 network it is; peers are matched in plain IPv4 form, as peer_name()
+    gives them.  A wider IPv6 rule (::/0) names IPv6 clients only."""
+    out: list[Network] = []
+    for cidr in cidrs:
+        net = ipaddress.ip_network(cidr, strict=False) if isinstance(cidr, str) else cidr
+        mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) \
+            else None
+        if mapped is not None and net.prefixlen >= _MAPPED.prefixlen:
+            net = ipaddress.IPv4Network((mapped, net.prefixlen - _MAPPED.prefixlen))
+        out.append(net)
+    return tuple(out)
 
 
 def _bind(host: str | None, port: int, backlog: int, reuse_port: bool) -> socket.socket:

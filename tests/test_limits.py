@@ -114,6 +114,41 @@ def test_allow_and_deny(host: str, peer: str, allow: list[str], deny: list[str],
     assert server.stats.refused == (0 if served else 1)
 
 
+@pytest.mark.parametrize("rule", ["127.0.0.1/32", "::ffff:127.0.0.1/128", "::ffff:127.0.0.0/104",
+                                  "::ffff:0:0/96", "0.0.0.0/0", "::/0"])
+@pytest.mark.parametrize("client", ["127.0.0.1", "::ffff:127.0.0.1"])
+@pytest.mark.parametrize("kind", ["allow", "deny"])
+def test_rules_match_by_address_not_notation(kind: str, rule: str, client: str) -> None:
+    """On a dual-stack listener an IPv4 client may arrive in either form, and a rule may
+    name it in either form: the rule applies to the address, whatever the notation.
+    ::/0 names IPv6 space, not the IPv4 clients a dual-stack socket maps into it."""
+    require_ipv6(dual_stack=True)
+    with running_server(host="", **{kind: [rule]}) as server:
+        family = socket.AF_INET6 if ":" in client else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect((client, server.address[1]))
+            try:
+                sock.sendall(b"hello")
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:  # refused: the server's RST may already be here
+                pass
+            echoed = read_until_closed(sock)
+        assert server.wait(lambda s: s.active == 0 and s.total + s.refused == 1, 10)
+    served = (kind == "allow") != (rule == "::/0")
+    assert echoed == (b"hello" if served else b""), (kind, rule, client)
+    assert server.stats.refused == (0 if served else 1)
+
+
+def test_a_rule_for_other_ipv6_addresses_leaves_ipv4_clients_alone() -> None:
+    require_ipv6(dual_stack=True)
+    with running_server(host="", deny=["2001:db8::/32", "::1/128"]) as server, \
+            socket.create_connection(("127.0.0.1", server.address[1]), timeout=10) as sock:
+        sock.sendall(b"hello")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b"hello"
+
+
 def test_message_size_cap() -> None:
     with pytest.raises(ValueError, match="64 MiB"):
         EchoServer(("127.0.0.1", 0), mode="message", size=MAX_MESSAGE_SIZE + 1)
