@@ -25,7 +25,7 @@ from .contract import ClientSession
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
-from .units import format_hostport, peer_name
+from .units import format_hostport, parse_port, peer_name
 from .verdict import describe_error, describe_failure, stall_hint
 
 MIB = 1024 * 1024
@@ -117,6 +117,7 @@ class EchoClient:
                  core: str = "auto") -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        port = parse_port(port)  # as on the command line, never the port modulo 65536
         if size <= 0 or count <= 0:
             raise ValueError("size and count must be positive")
         if size * count > MAX_BYTES:

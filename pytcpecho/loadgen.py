@@ -34,7 +34,7 @@ from .contract import ClientSession, ConnectEachSession, Core
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
-from .units import format_hostport, format_size, plural
+from .units import format_hostport, format_size, parse_port, plural
 from .verdict import describe_error, describe_failure, stall_hint
 
 MIB = 1024 * 1024
@@ -62,6 +62,7 @@ class BenchConfig:
         """Raise ValueError for options that cannot work together."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        parse_port(self.port)  # as on the command line
         if self.size <= 0 or self.connections <= 0:
             raise ValueError("size and connections must be positive")
         if self.count is not None and self.size * self.count > MAX_BYTES:

@@ -47,7 +47,7 @@ from .constants import (
 )
 from .contract import ServerSession
 from .sockets import listen_address, set_io_timeout, set_nodelay
-from .units import format_hostport, format_size, peer_name
+from .units import format_hostport, format_size, parse_port, peer_name
 
 log = logging.getLogger("pytcpecho.server")
 
@@ -170,6 +170,7 @@ class EchoServer:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        parse_port(address[1], allow_zero=True)  # as on the command line
         if size <= 0:
             raise ValueError("size must be positive")
         if size > MAX_MESSAGE_SIZE:

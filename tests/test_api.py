@@ -15,6 +15,7 @@ from support import LOCALHOST, cli, connect, require_cython, running_server
 
 from pytcpecho import EchoClient, EchoResult, EchoServer, Progress
 from pytcpecho import core as cores
+from pytcpecho.loadgen import BenchConfig
 from pytcpecho.pattern import BLOCK, HEADER, Pattern, make_base
 from pytcpecho.sockets import set_io_timeout
 
@@ -237,6 +238,17 @@ def test_sessions_reject_bad_sizes(core: str) -> None:
 def test_server_rejects_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         EchoServer((LOCALHOST, 0), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 85566, 1 << 70])
+def test_ports_are_checked_in_the_api_as_on_the_command_line(port: int) -> None:
+    """Not the port modulo 65536 (85566 would be 20030): refused, naming the range."""
+    with pytest.raises(ValueError, match="must be 1-65535"):
+        EchoClient(LOCALHOST, port)
+    with pytest.raises(ValueError, match="must be 0-65535"):
+        EchoServer((LOCALHOST, port))
+    with pytest.raises(ValueError, match="must be 1-65535"):
+        BenchConfig(LOCALHOST, port).check()
 
 
 @pytest.mark.parametrize("options", [
