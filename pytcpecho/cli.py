@@ -36,6 +36,8 @@ from .constants import (
     MAX_BYTES,
     MAX_MESSAGE_SIZE,
     MAX_TIMEOUT,
+    MIN_INTERVAL,
+    MIN_TIMEOUT,
     MODES,
     PING_SIZE,
     PING_TIMEOUT,
@@ -78,13 +80,15 @@ def _positive_size(text: str) -> int:
     return size
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, least: float = MIN_TIMEOUT) -> float:
     try:
         value = float(text)
     except ValueError:
         raise ValueError(f"invalid duration {text!r}: give seconds, e.g. 10 or 0.5") from None
     if not value > 0:
         raise ValueError(f"invalid duration {text!r}: must be positive")
+    if value < least:
+        raise ValueError(f"invalid duration {text!r}: at least {least:g} seconds")
     if value > MAX_TIMEOUT:
         raise ValueError(f"invalid duration {text!r}: at most {MAX_TIMEOUT:g} seconds")
     return value
@@ -104,6 +108,7 @@ def _count(text: str) -> int:
 
 SIZE = _arg(_positive_size, "size")
 SECONDS = _arg(_seconds, "seconds")
+INTERVAL = _arg(lambda t: _seconds(t, MIN_INTERVAL), "seconds")
 COUNT = _arg(_count, "count")
 PORT = _arg(lambda t: parse_port(t, allow_zero=True), "port")
 TARGET = _arg(parse_hostport, "address")
@@ -213,7 +218,7 @@ def _add_client(sub: argparse._SubParsersAction[_Parser]) -> None:
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="print the result as one JSON document instead of the lines")
-    output.add_argument("--interval", "-i", type=SECONDS, default=None,
+    output.add_argument("--interval", "-i", type=INTERVAL, default=None,
                         help="print progress every S seconds while the echo comes back")
     p.set_defaults(run=_client)
 
@@ -264,7 +269,7 @@ def _add_ping(sub: argparse._SubParsersAction[_Parser]) -> None:
     _client_options(p, PING_SIZE, PING_TIMEOUT)
     p.add_argument("--count", "-c", type=COUNT, default=1,
                    help="pings, one connection each (default: 1)")
-    p.add_argument("--interval", "-i", type=SECONDS, default=None,
+    p.add_argument("--interval", "-i", type=INTERVAL, default=None,
                    help="seconds between pings (default: none, one right after another)")
     p.set_defaults(run=_ping)
 
@@ -330,7 +335,7 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="messages in all, spread over the connections")
     p.add_argument("--mode", choices=MODES, default="message",
                    help="message: round trips of --size; stream: continuous transfer")
-    p.add_argument("--interval", "-i", type=SECONDS, default=BENCH_INTERVAL,
+    p.add_argument("--interval", "-i", type=INTERVAL, default=BENCH_INTERVAL,
                    help=f"seconds between report lines (default: {BENCH_INTERVAL:g})")
     p.add_argument("--rate", type=_arg(_rate, "rate"), default=None, metavar="MSG_PER_S",
                    help="open loop at this many messages/s in all (default: closed loop)")

@@ -17,6 +17,8 @@ from .constants import (
     DEFAULT_TIMEOUT,
     MAX_BYTES,
     MAX_TIMEOUT,
+    MIN_INTERVAL,
+    MIN_TIMEOUT,
     MODES,
     PING_SIZE,
     PING_TIMEOUT,
@@ -122,8 +124,8 @@ class EchoClient:
             raise ValueError("size and count must be positive")
         if size * count > MAX_BYTES:
             raise ValueError(f"size x count must be at most {MAX_BYTES >> 40} TiB")
-        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
-            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s "
+        if timeout is not None and not MIN_TIMEOUT <= timeout <= MAX_TIMEOUT:
+            raise ValueError(f"timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} s "
                              "(None: wait forever)")
         self.host = host
         self.port = port
@@ -177,8 +179,8 @@ class EchoClient:
         ``on_progress`` is called from another thread every ``interval`` seconds
         while the exchange runs (for long checks: a 100 GiB stream takes a while).
         """
-        if on_progress is not None and not 0 < interval <= MAX_TIMEOUT:
-            raise ValueError(f"interval must be positive, at most {MAX_TIMEOUT:g} s")
+        if on_progress is not None and not MIN_INTERVAL <= interval <= MAX_TIMEOUT:
+            raise ValueError(f"interval must be {MIN_INTERVAL:g} to {MAX_TIMEOUT:g} s")
         with self.connect() as sock:
             try:
                 peer = peer_name(sock.getpeername())

@@ -25,6 +25,12 @@ carries in a lifetime, and far below where 64-bit stream offsets overflow."""
 MAX_TIMEOUT = 1_000_000.0
 """Longest timeout in seconds (11.5 days): longer ones overflow the platform's timers
 (time_t in settimeout(), poll()'s int milliseconds, lock waits)."""
+MIN_TIMEOUT = 0.001
+"""Shortest timeout or duration in seconds: the finest step poll() takes (milliseconds);
+a shorter one would round to nothing, which the kernel's socket timeouts read as
+"wait forever"."""
+MIN_INTERVAL = 0.01
+"""Shortest reporting interval (-i) in seconds: a line every 10 ms is already a flood."""
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 """Largest message-mode size: each connection holds one buffer of it, so 1024 clients
 still fit in 64 GiB of address space that the kernel commits only as clients fill it."""

@@ -27,6 +27,9 @@ from .constants import (
     BENCH_SIZE,
     DEFAULT_TIMEOUT,
     MAX_BYTES,
+    MAX_TIMEOUT,
+    MIN_INTERVAL,
+    MIN_TIMEOUT,
     MODES,
     NBUCKETS,
 )
@@ -76,8 +79,10 @@ class BenchConfig:
             raise ValueError("rate must be positive")
         if self.mode == "stream" and (self.rate or self.connect_each):
             raise ValueError("--rate and --connect-each need message mode")
-        if self.timeout <= 0 or self.interval <= 0:
-            raise ValueError("timeout and interval must be positive")
+        if not MIN_TIMEOUT <= self.timeout <= MAX_TIMEOUT:
+            raise ValueError(f"timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} s")
+        if not MIN_INTERVAL <= self.interval <= MAX_TIMEOUT:
+            raise ValueError(f"interval must be {MIN_INTERVAL:g} to {MAX_TIMEOUT:g} s")
 
 
 @dataclass(frozen=True)

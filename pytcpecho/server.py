@@ -43,6 +43,7 @@ from .constants import (
     MAX_BYTES,
     MAX_MESSAGE_SIZE,
     MAX_TIMEOUT,
+    MIN_TIMEOUT,
     MODES,
 )
 from .contract import ServerSession
@@ -178,8 +179,8 @@ class EchoServer:
                              f"(64 MiB): each connection holds a buffer of that size")
         if max_clients < 1:
             raise ValueError("max_clients must be at least 1")
-        if idle_timeout is not None and not 0 < idle_timeout <= MAX_TIMEOUT:
-            raise ValueError(f"idle_timeout must be positive, at most {MAX_TIMEOUT:g} s "
+        if idle_timeout is not None and not MIN_TIMEOUT <= idle_timeout <= MAX_TIMEOUT:
+            raise ValueError(f"idle_timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} s "
                              "(None: no timeout)")
         if not 0 <= max_bytes <= MAX_BYTES:
             raise ValueError(f"max_bytes must be 0 (no limit) or positive, at most "

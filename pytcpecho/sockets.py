@@ -24,6 +24,8 @@ def set_io_timeout(sock: socket.socket, seconds: float | None) -> None:
     make_blocking(sock)
     whole = int(seconds or 0)
     micro = int(((seconds or 0) - whole) * 1_000_000)
+    if seconds and not whole and not micro:  # 0 would mean "forever": the shortest instead
+        micro = 1
     tv = struct.pack("@ll", whole, micro)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)

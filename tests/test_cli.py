@@ -14,14 +14,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from fakes import closed_port, echo_held_back, fake_server, flipping_echo
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
-from pytcpecho import EchoClient, __version__
+from pytcpecho import EchoClient, EchoServer, __version__
 from pytcpecho import core as cores
 from pytcpecho.cli import COMMANDS, main
+from pytcpecho.loadgen import BenchConfig
 
 SUBCOMMANDS = ("serve", "client", "ping", "demo", "bench")
 
@@ -432,3 +434,32 @@ def test_serve_quiet_has_no_connection_lines() -> None:
         out = serve.output()
     assert "Served 2 connections" in out
     assert "Connected by" not in out and "Received" not in out and "closed by" not in out
+
+
+@pytest.mark.parametrize("args", [
+    ("client", "127.0.0.1:1", "--timeout", "5e-7"),
+    ("ping", "127.0.0.1:1", "--timeout", "1e-9"),
+    ("bench", "127.0.0.1:1", "--timeout", "1e-9"),
+    ("serve", "--port", "0", "--idle-timeout", "1e-9"),
+    ("serve", "--port", "0", "--grace", "0.0001"),
+    ("ping", "127.0.0.1:1", "-i", "1e-9"),
+    ("client", "127.0.0.1:1", "-i", "0.001"),
+    ("bench", "127.0.0.1:1", "-i", "0.005"),
+])
+def test_durations_too_short_to_keep_are_refused(args: tuple[str, ...]) -> None:
+    """A timeout below the millisecond the kernel's timers keep would round to 'no
+    timeout' (a hang), and a reporting interval below 10 ms is a flood: both are one
+    line with the floor, exit 2, not silently something else."""
+    line = assert_one_line_error(cli(*args), 2)
+    assert "at least 0.0" in line and args[-1] in line
+
+
+@pytest.mark.parametrize(("make", "what"), [
+    (lambda: EchoClient("127.0.0.1", 1, timeout=5e-7), "timeout"),
+    (lambda: EchoServer(("127.0.0.1", 0), idle_timeout=1e-9), "idle_timeout"),
+    (lambda: BenchConfig("127.0.0.1", 1, timeout=1e-9).check(), "timeout"),
+    (lambda: BenchConfig("127.0.0.1", 1, interval=1e-9).check(), "interval"),
+])
+def test_the_api_refuses_them_too(make: Callable[[], object], what: str) -> None:
+    with pytest.raises(ValueError, match=f"^{what} must be 0.0"):
+        make()
