@@ -13,6 +13,7 @@ absent one: only a core that was not built at all falls back to pure Python.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -34,11 +35,10 @@ def _compiled() -> Core | None:
         raise ContractError(_broken["cython"])
     try:
         from . import _core
-    except ModuleNotFoundError as exc:
-        if exc.name != "pytcpecho._core":
-            raise
-        return None
-    except ImportError as exc:  # built, but against other constants or another Python
+    except ImportError as exc:
+        if importlib.util.find_spec(f"{__package__}._core") is None:
+            return None  # not built: the pure-Python core stands in
+        # Built, but against other constants or another Python.
         _broken["cython"] = f"the compiled core does not import: {exc}"
         raise ContractError(_broken["cython"]) from None
     try:

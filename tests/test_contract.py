@@ -3,14 +3,17 @@ fails at import in one line."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 
 import pytest
 from support import assert_one_line_error, require
 
+import pytcpecho
 from pytcpecho import _pycore, constants, contract
 from pytcpecho import core as cores
 
@@ -98,3 +101,20 @@ def test_a_stale_build_fails_where_the_core_is_chosen_in_one_line() -> None:
     assert out.stdout.strip() == f"ContractError {missing}"
     assert_one_line_error(out, 2)
     assert out.stderr.strip() == f"pytcpecho: error: {missing}"
+
+
+def test_a_core_that_was_not_built_leaves_the_pure_python_core(tmp_path: Path) -> None:
+    """A package with no compiled core at all (no compiler at install time) runs on the
+    pure-Python core, quietly: only a core that is there but broken is an error."""
+    package = Path(cores.__file__).parent
+    shutil.copytree(package, tmp_path / "pytcpecho",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pytcpecho.core as c; "
+            "print(c.cython_available(), c.load().NAME); "
+            "from pytcpecho.cli import main; sys.exit(main(['--version']))")
+    # -S: no site-packages, so no installed copy of the package can answer instead.
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["False python",
+                                       f"pytcpecho {pytcpecho.__version__} (core: python)"]
