@@ -26,7 +26,7 @@ from .constants import (
 from .contract import ClientSession
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
-from .sockets import set_io_timeout, set_nodelay
+from .sockets import resolve_error, set_io_timeout, set_nodelay
 from .units import format_hostport, parse_port, peer_name
 from .verdict import describe_error, describe_failure, stall_hint
 
@@ -144,8 +144,8 @@ class EchoClient:
         """A connected socket, set up for the core; EchoError if the server is out of reach."""
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except socket.gaierror as exc:
-            raise EchoError(f"cannot resolve host {self.host!r}: {exc.strerror}") from None
+        except (socket.gaierror, UnicodeError) as exc:
+            raise EchoError(resolve_error(self.host, exc)) from None
         except ConnectionRefusedError:
             raise EchoError(f"connection refused by {self.target}") from None
         except TimeoutError:

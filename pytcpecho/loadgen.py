@@ -36,7 +36,7 @@ from .constants import (
 from .contract import ClientSession, ConnectEachSession, Core
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
-from .sockets import set_io_timeout, set_nodelay
+from .sockets import resolve_error, set_io_timeout, set_nodelay
 from .units import format_hostport, format_size, parse_port, plural
 from .verdict import describe_error, describe_failure, stall_hint
 
@@ -207,8 +207,8 @@ class LoadGenerator:
         c = self.config
         try:
             info = socket.getaddrinfo(c.host, c.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise NoConnection(f"cannot resolve host {c.host!r}: {exc.strerror}") from None
+        except (socket.gaierror, UnicodeError) as exc:
+            raise NoConnection(resolve_error(c.host, exc)) from None
         family, _, _, _, sockaddr = info[0]
         return family, sockaddr
 

@@ -36,11 +36,26 @@ def set_nodelay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def resolve_error(host: str, exc: OSError | UnicodeError) -> str:
+    """One line for a host name that cannot be resolved, or is no host name at all
+    (the idna codec refuses an empty or 64-character label, 'a..b', '.')."""
+    shown = host if len(host) <= 80 else host[:77] + "..."
+    if isinstance(exc, UnicodeError):
+        return f"cannot resolve host {shown!r}: not a valid host name"
+    return f"cannot resolve host {shown!r}: {exc.strerror or exc}"
+
+
 def listen_address(host: str | None, port: int) -> tuple[int, tuple[Any, ...], bool]:
     """(family, address, dual-stack) to listen on: all interfaces (no host, or "::")
-    means IPv4 and IPv6 where the host has both."""
+    means IPv4 and IPv6 where the host has both; "[::1]" is "::1", as for clients.
+    A host that is no host name raises ValueError; one that does not resolve, OSError."""
+    if host and host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if host in (None, "", "::") and socket.has_dualstack_ipv6():
         return socket.AF_INET6, ("::", port), True
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except UnicodeError as exc:
+        raise ValueError(resolve_error(host or "", exc)) from None
     return family, sockaddr, False

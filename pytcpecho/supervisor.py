@@ -144,6 +144,8 @@ class Supervisor:
                 raise UsageError(str(exc)) from None
         try:
             holder = reserve_port(host, port)
+        except ValueError as exc:  # no host name at all
+            raise UsageError(str(exc)) from None
         except OSError as exc:
             where = format_hostport(host or "*", port)
             raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None

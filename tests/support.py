@@ -83,10 +83,11 @@ def require_ipv6(dual_stack: bool = False) -> None:
 
 def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
         input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m pytcpecho ARGS`` to completion."""
+    """Run ``python -m pytcpecho ARGS`` to completion (bytes that are not UTF-8, as an
+    argument that is not may be echoed, read as backslash escapes)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "pytcpecho", *args], capture_output=True,
-                          text=True, timeout=timeout, env=full_env,
+                          text=True, errors="backslashreplace", timeout=timeout, env=full_env,
                           input=input.decode() if input else None)
 
 

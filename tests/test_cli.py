@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import pytest
 from fakes import closed_port, echo_held_back, fake_server, flipping_echo
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
-from pytcpecho import EchoClient, EchoServer, __version__
+from pytcpecho import EchoClient, EchoError, EchoServer, __version__
 from pytcpecho import core as cores
 from pytcpecho.cli import COMMANDS, main
 from pytcpecho.loadgen import BenchConfig
@@ -463,3 +464,38 @@ def test_durations_too_short_to_keep_are_refused(args: tuple[str, ...]) -> None:
 def test_the_api_refuses_them_too(make: Callable[[], object], what: str) -> None:
     with pytest.raises(ValueError, match=f"^{what} must be 0.0"):
         make()
+
+
+HOSTILE_HOSTS = ["a..b", ".", "a" * 64 + ".example", "\udcff"]
+
+
+@pytest.mark.parametrize("host", HOSTILE_HOSTS)
+@pytest.mark.parametrize("command", [("client",), ("client", "--json"), ("ping",), ("bench",)])
+def test_a_host_that_is_no_host_name_is_one_line(command: tuple[str, ...], host: str) -> None:
+    """The idna codec refuses these (an empty or 64-character label, a lone dot, a byte
+    that is not UTF-8): one line naming the host, exit 3 as for any host out of reach."""
+    line = assert_one_line_error(cli(command[0], host, *command[1:], "-t" if command[0] ==
+                                     "bench" else "--timeout", "1"), 3)
+    assert "cannot resolve host" in line and "not a valid host name" in line
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_host_that_is_no_host_name(workers: str) -> None:
+    line = assert_one_line_error(cli("serve", "--port", "0", "--host", "a..b",
+                                     "--workers", workers), 2)
+    assert "cannot resolve host 'a..b': not a valid host name" in line
+
+
+def test_the_api_says_echoerror_for_it() -> None:
+    with pytest.raises(EchoError, match="not a valid host name"):
+        EchoClient("a..b", 1).run()
+    with pytest.raises(ValueError, match="not a valid host name"):
+        EchoServer(("a..b", 0))
+
+
+def test_serve_host_in_brackets_as_for_clients() -> None:
+    require(None if socket.has_ipv6 else "no IPv6 here", "CI must test IPv6")
+    with ServeProcess("--host", "[::1]", "--port", "0", "-q") as server:
+        port = server.wait_listening()
+        ping = cli("ping", f"[::1]:{port}")
+        assert ping.returncode == 0, ping.stderr
