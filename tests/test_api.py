@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -416,3 +419,38 @@ def test_client_without_timeout(core: str) -> None:
         result = EchoClient(LOCALHOST, server.address[1], size=5000, count=3, core=core,
                             timeout=None).run()
     assert result.intact, result.problem
+
+
+@pytest.mark.parametrize("spare", [1, 3])
+def test_a_constructor_that_fails_closes_what_it_opened(spare: int) -> None:
+    """Out of fds half-way (after the listener: 1 spare; after the wake-up socket pair:
+    3), EchoServer() raises and leaves no fd behind, as socketserver does."""
+    code = textwrap.dedent("""
+        import os, resource, sys
+        from pytcpecho import EchoServer
+
+        def open_fds():
+            found = set()
+            for n in range(4096):
+                try:
+                    os.fstat(n)  # opens nothing itself
+                except OSError:
+                    continue
+                found.add(n)
+            return found
+
+        EchoServer(("127.0.0.1", 0)).close()  # everything imported and warmed up once
+        before = open_fds()
+        free = [n for n in range(4096) if n not in before]
+        # RLIMIT_NOFILE bounds fd numbers: exactly sys.argv[1] more fds can be opened.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free[int(sys.argv[1]) - 1] + 1, 4096))
+        try:
+            EchoServer(("127.0.0.1", 0))
+        except OSError as exc:
+            print(exc.errno == 24, open_fds() == before)
+        else:
+            print("constructed")
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(spare)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stdout + out.stderr
