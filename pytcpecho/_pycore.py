@@ -28,7 +28,7 @@ from .constants import (
 )
 from .histogram import bucket_of
 from .pattern import Pattern
-from .sockets import make_blocking, set_io_timeout, set_nodelay
+from .sockets import Borrowed, set_io_timeout, set_nodelay
 
 NAME = "python"
 __all__ = ["MODES", "NAME", "ClientSession", "ConnectEachSession", "EchoSession"]  # the contract
@@ -62,20 +62,6 @@ def _send_all(sock: socket.socket, data: memoryview) -> None:
         n = sock.send(data, socket.MSG_DONTWAIT if probing else 0)
         probing = not probing and n < len(data)
         data = data[n:]
-
-
-class _Borrowed:
-    """A socket object over an fd we do not own: never closes it."""
-
-    def __init__(self, fd: int) -> None:
-        self.sock = socket.socket(fileno=fd)
-        make_blocking(self.sock)  # block in recv(), bounded by SO_RCVTIMEO
-
-    def __enter__(self) -> socket.socket:
-        return self.sock
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.detach()
 
 
 class EchoSession:
@@ -114,7 +100,7 @@ class EchoSession:
     def run(self) -> str:
         if self._fd < 0:  # as recv() on fd -1 says in the Cython core
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        with _Borrowed(self._fd) as sock:
+        with Borrowed(self._fd) as sock:
             try:
                 ended = self._messages(sock) if self._message_mode else self._stream(sock)
             except BlockingIOError:  # SO_RCVTIMEO / SO_SNDTIMEO expired
@@ -218,7 +204,7 @@ class ClientSession:
             raise ValueError("give a count or a duration")
         if count > MAX_BYTES // self._size:
             raise ValueError(f"size x count is too large: at most {MAX_BYTES} bytes a run")
-        with _Borrowed(self._fd) as sock:
+        with Borrowed(self._fd) as sock:
             if self._lockstep:
                 ok = self._run_lockstep(sock, count, int(interval * 1e9), deadline, finish)
             else:

@@ -47,7 +47,7 @@ from .constants import (
     MODES,
 )
 from .contract import ServerSession
-from .sockets import listen_address, set_io_timeout, set_nodelay
+from .sockets import Borrowed, listen_address, set_io_timeout, set_nodelay
 from .units import format_hostport, format_size, parse_port, peer_name
 
 log = logging.getLogger("pytcpecho.server")
@@ -624,23 +624,16 @@ def _echoed(session: ServerSession | None) -> str:
 
 def _shutdown_fd(fd: int) -> None:
     """shutdown(SHUT_RDWR) on a bare connection fd, which stays open."""
-    with contextlib.suppress(OSError):
-        sock = socket.socket(fileno=fd)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.detach()
+    with contextlib.suppress(OSError), Borrowed(fd) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _set_up(fd: int, idle_timeout: float | None) -> None:
-    """Blocking, SO_RCVTIMEO/SO_SNDTIMEO and TCP_NODELAY on an accepted fd, where
-    it does not inherit them from the listener (outside Linux)."""
-    sock = socket.socket(fileno=fd)
-    try:
+    """SO_RCVTIMEO/SO_SNDTIMEO and TCP_NODELAY on an accepted fd, where it does not
+    inherit them from the listener (outside Linux)."""
+    with Borrowed(fd) as sock:
         set_io_timeout(sock, idle_timeout)
         set_nodelay(sock)
-    finally:
-        sock.detach()
 
 
 class _Doorbell:

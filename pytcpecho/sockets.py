@@ -14,6 +14,21 @@ def make_blocking(sock: socket.socket) -> None:
         sock.settimeout(None)
 
 
+class Borrowed:
+    """A blocking socket object over an fd someone else owns (a core's session, the
+    server's connection table): ``with Borrowed(fd) as sock``; it never closes the fd."""
+
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+        make_blocking(self.sock)  # block in recv(), bounded by SO_RCVTIMEO
+
+    def __enter__(self) -> socket.socket:
+        return self.sock
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.detach()
+
+
 def set_io_timeout(sock: socket.socket, seconds: float | None) -> None:
     """Make ``sock`` blocking, with SO_RCVTIMEO/SO_SNDTIMEO bounding each wait.
 
