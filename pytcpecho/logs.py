@@ -80,16 +80,14 @@ class TextFormatter(logging.Formatter):
     """The original exercise's plain lines; a worker of ``serve --workers`` prefixes its number."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        worker = getattr(record, "worker", None)
-        return f"[worker {worker}] {text}" if worker is not None else text
+        return plain_line(super().format(record))
 
 
 _tags: dict[str, Any] = {}  # what tag_records() adds to every record of this process
 
 
 def plain_line(text: str) -> str:
-    """A plain line as TextFormatter writes one: a worker's number before it."""
+    """A plain line as this process writes one: a worker's number (tag_records) before it."""
     worker = _tags.get("worker")
     return f"[worker {worker}] {text}" if worker is not None else text
 
