@@ -42,13 +42,11 @@ from .constants import (
     DEFAULT_WORKER_IDLE,
     MAX_BYTES,
     MAX_MESSAGE_SIZE,
-    MAX_TIMEOUT,
-    MIN_TIMEOUT,
     MODES,
 )
 from .contract import ServerSession
 from .sockets import Borrowed, listen_address, set_io_timeout, set_nodelay
-from .units import format_hostport, format_size, parse_port, peer_name
+from .units import check_seconds, format_hostport, format_size, parse_port, peer_name
 
 log = logging.getLogger("pytcpecho.server")
 
@@ -179,9 +177,8 @@ class EchoServer:
                              f"(64 MiB): each connection holds a buffer of that size")
         if max_clients < 1:
             raise ValueError("max_clients must be at least 1")
-        if idle_timeout is not None and not MIN_TIMEOUT <= idle_timeout <= MAX_TIMEOUT:
-            raise ValueError(f"idle_timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} s "
-                             "(None: no timeout)")
+        if idle_timeout is not None:
+            check_seconds("idle_timeout", idle_timeout, none=" (None: no timeout)")
         if not 0 <= max_bytes <= MAX_BYTES:
             raise ValueError(f"max_bytes must be 0 (no limit) or positive, at most "
                              f"{MAX_BYTES >> 40} TiB")

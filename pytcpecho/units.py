@@ -6,10 +6,19 @@ import ipaddress
 import re
 from fractions import Fraction
 
-from .constants import DEFAULT_PORT, MAX_BYTES
+from .constants import DEFAULT_PORT, MAX_BYTES, MAX_TIMEOUT, MIN_TIMEOUT
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE | re.ASCII)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def check_seconds(name: str, value: float, least: float = MIN_TIMEOUT,
+                  none: str = "") -> None:
+    """ValueError unless ``value`` seconds lie in [least, MAX_TIMEOUT]: one rule, and
+    one wording, for every timeout and interval of the API (``none`` says what None
+    means where it is allowed)."""
+    if not least <= value <= MAX_TIMEOUT:
+        raise ValueError(f"{name} must be {least:g} to {MAX_TIMEOUT:g} s{none}")
 
 
 def plural(n: int) -> str:
