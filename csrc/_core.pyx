@@ -621,3 +621,4 @@ cdef class ClientSession:
 
 
 include "_extra.pxi"
+include "_group.pxi"

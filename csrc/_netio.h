@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -118,6 +119,27 @@ static int pte_sleep_until(long long due_ns) {
         return -1;
     }
     return 0;
+}
+
+/* epoll_wait() with a timeout in nanoseconds (< 0: none): epoll_pwait2() where the C
+ * library and the kernel have it (an open-loop timer must not round to whole
+ * milliseconds), else epoll_wait() with the timeout rounded up, never down to a spin. */
+static int pte_epoll_wait_ns(int epfd, struct epoll_event *events, int max, long long timeout_ns) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+    static volatile int no_pwait2;  /* a kernel before 5.11: found once, then skipped */
+    if (!no_pwait2) {
+        struct timespec ts;
+        int n;
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000);
+        n = epoll_pwait2(epfd, events, max, timeout_ns < 0 ? NULL : &ts, NULL);
+        if (n >= 0 || errno != ENOSYS)
+            return n;
+        no_pwait2 = 1;
+    }
+#endif
+    return epoll_wait(epfd, events, max,
+                      timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000));
 }
 
 #endif

@@ -1,7 +1,7 @@
 # Declarations for _netio.h: socket, splice and clock helpers that run without the
 # GIL and fail like POSIX calls (-1 with errno set).
 
-from _sys cimport ssize_t
+from _sys cimport ssize_t, epoll_event
 
 cdef extern from "_netio.h" nogil:
     ctypedef struct pte_addr:
@@ -14,3 +14,4 @@ cdef extern from "_netio.h" nogil:
     int pte_pipe(int fds[2], int size)
     ssize_t pte_splice(int fd_in, int fd_out, size_t n)
     int pte_sleep_until(long long due_ns)
+    int pte_epoll_wait_ns(int epfd, epoll_event *events, int max, long long timeout_ns)

@@ -36,6 +36,22 @@ cdef extern from "<poll.h>" nogil:
         POLLIN
         POLLOUT
 
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        unsigned int u32
+    struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    enum:
+        EPOLLIN
+        EPOLLOUT
+        EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
 cdef extern from "<time.h>" nogil:
     struct timespec:
         long tv_sec

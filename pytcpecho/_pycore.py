@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import mmap
 import os
 import select
+import selectors
 import socket
 import time
 from collections.abc import Callable
@@ -31,7 +33,9 @@ from .pattern import Pattern
 from .sockets import Borrowed, set_io_timeout, set_nodelay
 
 NAME = "python"
-__all__ = ["MODES", "NAME", "ClientSession", "ConnectEachSession", "EchoSession"]  # the contract
+__all__ = [  # the contract
+    "MODES", "NAME", "ClientGroup", "ClientSession", "ConnectEachSession", "EchoSession",
+]
 
 
 def _timeout() -> TimeoutError:
@@ -400,3 +404,362 @@ class ConnectEachSession(ClientSession):
             self.messages += 1
             i += 1
         return True
+
+
+# -- many connections per thread -----------------------------------------------------
+
+_WAITING, _BUSY, _CLOSING, _DONE, _FAILED = range(5)
+_SCAN_NS = 20_000_000
+_STEP_ROUNDS = 8
+
+
+class GroupMember:
+    """How one connection of a ClientGroup went (see the Cython core's)."""
+
+    def __init__(self, index: int, fd: int) -> None:
+        self.index = index
+        self.fd = fd
+        self.error: OSError | None = None
+        self.state = _WAITING
+        self.count = 0
+        self.done = 0
+        self.shut = False
+        self.last = False
+        self.send_off = self.recv_off = self.end = 0
+        self.due = self.first_due = self.touched = 0
+        self.watched = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.messages = 0
+        self.mismatch_offset = -1
+        self.short_echo = False
+        self.long_echo = 0
+
+
+class ClientGroup:
+    """Many connections' client loops in one thread (see the Cython core's ClientGroup)."""
+
+    bytes_sent: int
+    bytes_received: int
+    messages: int
+    latency_min_ns: int
+    latency_max_ns: int
+    latency_sum_ns: int
+    failed: int
+    unfinished: int
+
+    def __init__(self, size: int, base: bytes, mode: str = "message",
+                 timeout: float | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
+        if size <= 0:
+            raise ValueError("size must be positive")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
+        self._size = size
+        self._lockstep = mode == "message"
+        self._timeout_ns = -1 if timeout is None else max(1_000_000, int(timeout * 1e9))
+        self._pattern = Pattern(base)
+        self._chunk = max(min(size, CHUNK), BLOCK)
+        self._rbuf = bytearray(self._chunk)
+        self._hist = [0] * NBUCKETS
+        self._members: list[GroupMember] = []
+        self._selector = selectors.DefaultSelector()
+        self._heap: list[tuple[int, int]] = []
+        self._stop = False
+        self._stopping = False
+        self._drain_ns = -1
+        self._drain_end = 0
+        self._finish = True
+        self._ran = False
+        self._interval_ns = 0
+        self._deadline = 0
+        self._active = 0
+        self.bytes_sent = self.bytes_received = self.messages = 0
+        self.latency_min_ns = -1
+        self.latency_max_ns = self.latency_sum_ns = 0
+        self.failed = 0
+        self.unfinished = 0
+
+    def __del__(self) -> None:
+        self._selector.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._members)
+
+    def add(self, fd: int, count: int = 0) -> int:
+        if self._ran:
+            raise ValueError("add() connections before run()")
+        if fd < 0 or count < 0:
+            raise ValueError("fd and count must not be negative")
+        if count > MAX_BYTES // self._size:
+            raise ValueError(f"size x count is too large: at most {MAX_BYTES} bytes a run")
+        member = GroupMember(len(self._members), fd)
+        member.count = count
+        self._members.append(member)
+        return member.index
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def histogram(self) -> list[int]:
+        return list(self._hist)
+
+    def failures(self) -> list[GroupMember]:
+        for m in self._members:
+            m.messages = m.done if self._lockstep else m.bytes_received // self._size
+        return [m for m in self._members if m.state == _FAILED]
+
+    def run(self, interval: float = 0.0, duration: float = 0.0, finish: bool = True,
+            drain: float = -1.0) -> bool:
+        if self._ran:
+            raise ValueError("a ClientGroup runs once")
+        if duration <= 0 and any(m.count == 0 for m in self._members):
+            raise ValueError("give a count or a duration")
+        if not self._lockstep and interval > 0:
+            raise ValueError("an interval needs message mode")
+        if not (0 <= interval <= MAX_TIMEOUT and 0 <= duration <= MAX_TIMEOUT
+                and drain <= MAX_TIMEOUT):
+            raise ValueError(f"interval, duration and drain must be at most {MAX_TIMEOUT:g} s")
+        self._ran = True
+        self._drain_ns = -1 if drain < 0 else int(drain * 1e9)
+        self._finish = finish
+        self._interval_ns = int(interval * 1e9)
+        if duration > 0:
+            self._deadline = time.monotonic_ns() + int(duration * 1e9)
+        self._run()
+        return self.failed == 0
+
+    def _run(self) -> None:
+        start = time.monotonic_ns()
+        next_scan = start + _SCAN_NS
+        self._active = len(self._members)
+        n = len(self._members)
+        for m in self._members:
+            m.touched = start
+            if self._interval_ns > 0:  # spread the starts over one interval
+                m.first_due = start + self._interval_ns * m.index // n
+                self._push(m.first_due, m)
+            else:
+                self._begin(m, start)
+        while self._active > 0:
+            now = time.monotonic_ns()
+            if not self._stopping and (self._stop or (self._deadline and now >= self._deadline)):
+                self._stop_all(now)
+            if self._drain_end and now >= self._drain_end:
+                self._abandon()
+                break
+            while self._heap and self._heap[0][0] <= now:
+                _, index = heapq.heappop(self._heap)
+                m = self._members[index]
+                if self._stopping:
+                    self._end(m)
+                else:
+                    self._begin(m, m.due)
+            if now >= next_scan:
+                self._scan(now)
+                next_scan = now + _SCAN_NS
+            if self._active == 0:
+                break
+            wait = next_scan - now
+            if self._heap:
+                wait = min(wait, self._heap[0][0] - now)
+            if self._deadline and not self._stopping:
+                wait = min(wait, self._deadline - now)
+            if self._drain_end:
+                wait = min(wait, self._drain_end - now)
+            for key, _ in self._selector.select(max(0, wait) / 1e9):
+                self._step(key.data)
+
+    def _watch(self, m: GroupMember, want: int) -> None:
+        if m.watched == want:
+            return
+        if want == 0:
+            self._selector.unregister(m.fd)
+        elif m.watched:
+            self._selector.modify(m.fd, want, m)
+        else:
+            self._selector.register(m.fd, want, m)
+        m.watched = want
+
+    def _begin(self, m: GroupMember, due: int) -> None:
+        m.state = _BUSY
+        m.due = due
+        if self._lockstep:
+            m.end = m.send_off + self._size
+            m.last = self._finish and m.count > 0 and m.done + 1 == m.count
+        else:
+            m.end = self._size * m.count if m.count > 0 else 1 << 62
+            m.last = self._finish
+        m.touched = time.monotonic_ns()
+        self._step(m)
+
+    def _step(self, m: GroupMember) -> None:
+        if m.state == _CLOSING:
+            self._await_close(m)
+            return
+        if m.state != _BUSY:
+            return
+        with Borrowed(m.fd) as sock:
+            for _ in range(_STEP_ROUNDS):
+                progressed = False
+                if m.send_off < m.end:
+                    want = min(self._chunk, m.end - m.send_off)
+                    try:
+                        r = sock.send(self._pattern.slice(m.send_off, want),
+                                      socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        self._fail(m, exc)
+                        return
+                    else:
+                        m.send_off += r
+                        m.bytes_sent += r
+                        self.bytes_sent += r
+                        progressed = r > 0
+                if m.last and m.send_off == m.end and not m.shut:
+                    with contextlib.suppress(OSError):  # the next recv() says what happened
+                        sock.shutdown(socket.SHUT_WR)
+                    m.shut = True
+                if m.recv_off < m.send_off:
+                    want = min(self._chunk, m.send_off - m.recv_off)
+                    try:
+                        r = sock.recv_into(self._rbuf, want, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        self._fail(m, exc)
+                        return
+                    else:
+                        if r == 0:
+                            m.short_echo = True
+                            self._fail(m, None)
+                            return
+                        bad = self._pattern.mismatch(memoryview(self._rbuf)[:r], m.recv_off)
+                        if bad >= 0:
+                            m.mismatch_offset = m.recv_off + bad
+                            m.bytes_received += bad
+                            self.bytes_received += bad
+                            self._fail(m, None)
+                            return
+                        before = m.recv_off
+                        m.recv_off += r
+                        m.bytes_received += r
+                        self.bytes_received += r
+                        if not self._lockstep:
+                            self.messages += m.recv_off // self._size - before // self._size
+                        progressed = True
+                if progressed:
+                    m.touched = time.monotonic_ns()
+                if m.recv_off >= m.end:
+                    self._complete(m)
+                    if m.state != _BUSY:
+                        return
+                    continue
+                if not progressed:
+                    break
+        self._watch(m, selectors.EVENT_READ | (selectors.EVENT_WRITE if m.send_off < m.end
+                                               else 0))
+
+    def _complete(self, m: GroupMember) -> None:
+        now = time.monotonic_ns()
+        self._record(now - m.due)
+        if not self._lockstep:
+            self._end(m)
+            return
+        m.done += 1
+        self.messages += 1
+        if self._stopping or (m.count > 0 and m.done == m.count):
+            self._end(m)
+            return
+        due = m.first_due + m.done * self._interval_ns if self._interval_ns > 0 else now
+        if due <= now:  # at once; when late, its latency still counts from due
+            m.due = due
+            m.end = m.send_off + self._size
+            m.last = self._finish and m.count > 0 and m.done + 1 == m.count
+            return
+        m.state = _WAITING
+        self._watch(m, 0)
+        self._push(due, m)
+
+    def _end(self, m: GroupMember) -> None:
+        if self._finish and not m.shut:
+            with contextlib.suppress(OSError), Borrowed(m.fd) as sock:
+                sock.shutdown(socket.SHUT_WR)
+            m.shut = True
+        if not self._finish or self._stop:
+            self._retire(m, _DONE)
+            return
+        m.state = _CLOSING
+        wait_ns = self._timeout_ns if self._timeout_ns >= 0 else EOF_WAIT_MS * 1_000_000
+        m.touched = time.monotonic_ns() + wait_ns
+        self._watch(m, selectors.EVENT_READ)
+        self._await_close(m)
+
+    def _await_close(self, m: GroupMember) -> None:
+        with Borrowed(m.fd) as sock:
+            try:
+                r = sock.recv_into(self._rbuf, self._chunk, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                r = 0
+            except OSError as exc:
+                self._fail(m, exc)
+                return
+        if r > 0:
+            m.long_echo = r
+            self._fail(m, None)
+        else:
+            self._retire(m, _DONE)
+
+    def _fail(self, m: GroupMember, error: OSError | None) -> None:
+        m.error = error
+        self.failed += 1
+        self._retire(m, _FAILED)
+
+    def _retire(self, m: GroupMember, state: int) -> None:
+        m.state = state
+        self._active -= 1
+        self._watch(m, 0)
+
+    def _stop_all(self, now: int) -> None:
+        self._stopping = True
+        if self._drain_ns >= 0:
+            self._drain_end = now + self._drain_ns + 1
+        while self._heap:
+            self._end(self._members[heapq.heappop(self._heap)[1]])
+        if self._lockstep:
+            return
+        for m in self._members:
+            if m.state == _BUSY and m.send_off < m.end:
+                m.end = m.send_off
+                m.last = self._finish
+                self._step(m)
+
+    def _abandon(self) -> None:
+        for m in self._members:
+            if m.state in (_BUSY, _CLOSING):
+                self.unfinished += m.state == _BUSY
+                self._retire(m, _DONE)
+
+    def _scan(self, now: int) -> None:
+        for m in self._members:
+            if (m.state == _BUSY and self._timeout_ns >= 0
+                    and now - m.touched > self._timeout_ns):
+                self._fail(m, _timeout())
+            elif m.state == _CLOSING and now >= m.touched:
+                self._retire(m, _DONE)
+
+    def _record(self, lat: int) -> None:
+        self._hist[bucket_of(lat)] += 1
+        self.latency_sum_ns += lat
+        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+            self.latency_min_ns = lat
+        self.latency_max_ns = max(self.latency_max_ns, lat)
+
+    def _push(self, due: int, m: GroupMember) -> None:
+        m.due = due
+        heapq.heappush(self._heap, (due, m.index))

@@ -8,10 +8,11 @@ boundaries, which splice() does not, so it raises ValueError.
 
 from __future__ import annotations
 
-from ._core import ClientSession, ConnectEachSession
+from ._core import ClientGroup, ClientSession, ConnectEachSession
 from ._core import SpliceSession as EchoSession
 
 NAME = "splice"
 MODES = ("stream",)
 
-__all__ = ["MODES", "NAME", "ClientSession", "ConnectEachSession", "EchoSession"]
+__all__ = ["MODES", "NAME", "ClientGroup", "ClientSession", "ConnectEachSession",
+           "EchoSession"]

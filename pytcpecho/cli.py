@@ -327,7 +327,10 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
                                    "came back intact, 1 on any failure, 3 if none connected.")
     _client_options(p, BENCH_SIZE, DEFAULT_TIMEOUT)
     p.add_argument("--connections", "-c", type=COUNT, default=BENCH_CONNECTIONS,
-                   help=f"connections, one thread each (default: {BENCH_CONNECTIONS})")
+                   help=f"connections (default: {BENCH_CONNECTIONS})")
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="threads driving the connections, each many from one epoll set "
+                        "(default: one per core; --connect-each: one per connection)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--duration", "-t", type=SECONDS, default=None,
                      help=f"seconds to run (default: {BENCH_DURATION:g})")
@@ -362,7 +365,7 @@ def _bench(args: argparse.Namespace) -> int:
         host, port, size=args.size, connections=args.connections,
         duration=None if args.count else (args.duration or BENCH_DURATION), count=args.count,
         mode=args.mode, rate=args.rate, connect_each=args.connect_each, core=args.core,
-        timeout=args.timeout, interval=args.interval, seed=args.seed)
+        timeout=args.timeout, interval=args.interval, seed=args.seed, threads=args.threads)
     try:
         gen = loadgen.LoadGenerator(bench)
     except (ValueError, RuntimeError) as exc:
@@ -370,16 +373,21 @@ def _bench(args: argparse.Namespace) -> int:
     if not args.json:
         _say(loadgen.header(bench, gen.core.NAME))
         _say(loadgen.COLUMNS)
+    status = EXIT_INTERRUPTED
     try:
         result = gen.run(None if args.json else lambda i: _say(loadgen.interval_line(i)))
     except loadgen.NoConnection as exc:
         return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
+    except loadgen.Interrupted as stopped:  # Ctrl-C: what was measured, as ping does
+        result = stopped.result
+    else:
+        status = EXIT_OK if result.ok else EXIT_NOT_INTACT
     if args.json:
         _say(json.dumps(result.as_dict(), indent=2))
     else:
         for line in loadgen.summary_lines(result):
             _say(line)
-    return EXIT_OK if result.ok else EXIT_NOT_INTACT
+    return status
 
 
 # -- main -----------------------------------------------------------------------

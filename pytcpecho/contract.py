@@ -1,9 +1,10 @@
 """The core contract: what a core module and its sessions must provide.
 
 A core is a module with a ``NAME``, the ``MODES`` its server loop echoes, and
-three session classes: ``EchoSession`` (one server connection at a time),
-``ClientSession`` (send, read back, verify, time) and ``ConnectEachSession``
-(a new connection per message).  The Cython core (``csrc/_core.pyx``, typed
+four session classes: ``EchoSession`` (one server connection at a time),
+``ClientSession`` (send, read back, verify, time), ``ConnectEachSession``
+(a new connection per message) and ``ClientGroup`` (many connections'
+client loops in one thread, for the load generator).  The Cython core (``csrc/_core.pyx``, typed
 by ``pytcpecho/_core.pyi``), the pure-Python core and the splice core all
 implement it; mypy checks each caller against these protocols, and
 ``check_core`` checks a module at run time, so a missing name fails at
@@ -18,7 +19,7 @@ with its exception.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -46,8 +47,8 @@ class ServerSessionClass(Protocol):
                  bufsize: int = ...) -> ServerSession: ...
 
 
-class ClientSession(Protocol):
-    """The client's loop on one connection: see the Cython core's ClientSession."""
+class Echoed(Protocol):
+    """What an exchange says about its echo so far: all that verdict.py reads."""
 
     @property
     def bytes_sent(self) -> int: ...
@@ -61,6 +62,11 @@ class ClientSession(Protocol):
     def short_echo(self) -> bool: ...
     @property
     def long_echo(self) -> int: ...
+
+
+class ClientSession(Echoed, Protocol):
+    """The client's loop on one connection: see the Cython core's ClientSession."""
+
     @property
     def latency_min_ns(self) -> int: ...
     @property
@@ -105,6 +111,68 @@ class ConnectEachSessionClass(Protocol):
                  timeout: float | None = ...) -> ConnectEachSession: ...
 
 
+class GroupMember(Echoed, Protocol):
+    """How one connection of a ClientGroup failed."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def fd(self) -> int: ...
+    @property
+    def error(self) -> OSError | None:
+        """What ended it; None when its echo was not intact (see ``Echoed``)."""
+
+
+class ClientGroup(Protocol):
+    """Many connections' client loops in one thread: see the Cython core's ClientGroup."""
+
+    @property
+    def connections(self) -> int: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    @property
+    def bytes_received(self) -> int: ...
+    @property
+    def messages(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def unfinished(self) -> int:
+        """Connections still owed an echo when the drain after the deadline ran out."""
+    @property
+    def latency_min_ns(self) -> int: ...
+    @property
+    def latency_max_ns(self) -> int: ...
+    @property
+    def latency_sum_ns(self) -> int: ...
+
+    def add(self, fd: int, count: int = ...) -> int:
+        """One more connected fd, for ``count`` messages (0: until the deadline); its index."""
+        ...
+
+    def stop(self) -> None:
+        """Ask run() to finish: messages in flight complete, a stream ends where it is."""
+
+    def histogram(self) -> list[int]:
+        """The latency histogram's counts for all connections (constants.NBUCKETS)."""
+        ...
+
+    def failures(self) -> Sequence[GroupMember]:
+        """Each connection that failed, in the order they were added."""
+        ...
+
+    def run(self, interval: float = ..., duration: float = ..., finish: bool = ...,
+            drain: float = ...) -> bool:
+        """Drive them all until done, ``duration`` or stop() (then ``drain`` seconds for
+        what is in flight); True if every echo was intact."""
+        ...
+
+
+class ClientGroupClass(Protocol):
+    def __call__(self, size: int, base: bytes, mode: str = ...,
+                 timeout: float | None = ...) -> ClientGroup: ...
+
+
 class Core(Protocol):
     """A core module."""
 
@@ -118,6 +186,8 @@ class Core(Protocol):
     def ClientSession(self) -> ClientSessionClass: ...
     @property
     def ConnectEachSession(self) -> ConnectEachSessionClass: ...
+    @property
+    def ClientGroup(self) -> ClientGroupClass: ...
 
 
 class ContractError(ImportError):
@@ -138,6 +208,7 @@ SESSIONS: dict[str, type] = {
     "EchoSession": ServerSession,
     "ClientSession": ClientSession,
     "ConnectEachSession": ConnectEachSession,
+    "ClientGroup": ClientGroup,
 }
 
 

@@ -1,16 +1,20 @@
 """``pytcpecho bench``: a verifying load generator that keeps up with C.
 
-Each connection is a Python thread running the core's client loop, which
-holds no GIL while it sends, reads and verifies every byte and counts each
-round trip into a histogram in C memory.  The main thread only samples those
-counters once per interval (snapshot and difference), so measuring costs no
-Python object per message.  ``rate`` runs open loop: a message's latency counts
-from when it was due, so a stalled server shows in the percentiles
-(coordinated omission corrected, as in wrk2).
+A few threads (one per core by default) each drive many connections from one
+epoll set in the core's ClientGroup, which holds no GIL while it sends, reads
+and verifies every byte and counts each round trip into a histogram in C
+memory.  The main thread only samples those counters once per interval
+(snapshot and difference), so measuring costs no Python object per message,
+and with a few busy threads rather than one per connection it always gets
+the CPU to keep the clock, at 10 connections or 10,000.  ``rate`` runs open
+loop: a message's latency counts from when it was due, so a stalled server
+shows in the percentiles (coordinated omission corrected, as in wrk2).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import socket
 import threading
@@ -22,6 +26,7 @@ from typing import Any
 from . import core as cores
 from .constants import (
     BENCH_CONNECTIONS,
+    BENCH_DRAIN,
     BENCH_DURATION,
     BENCH_INTERVAL,
     BENCH_SIZE,
@@ -31,10 +36,16 @@ from .constants import (
     MODES,
     NBUCKETS,
 )
-from .contract import ClientSession, ConnectEachSession, Core
+from .contract import ClientGroup, ConnectEachSession, Core
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
-from .sockets import resolve_error, set_io_timeout, set_nodelay
+from .sockets import (
+    open_fds,
+    raise_nofile_limit,
+    resolve_error,
+    set_io_timeout,
+    set_nodelay,
+)
 from .units import check_seconds, format_hostport, format_size, parse_port, plural
 from .verdict import describe_error, describe_failure, stall_hint
 
@@ -58,6 +69,8 @@ class BenchConfig:
     timeout: float = DEFAULT_TIMEOUT
     interval: float = BENCH_INTERVAL
     seed: int | None = None
+    threads: int | None = None
+    """Threads driving the connections (None: one per core); connect-each: one each."""
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work together."""
@@ -66,6 +79,8 @@ class BenchConfig:
         parse_port(self.port)  # as on the command line
         if self.size <= 0 or self.connections <= 0:
             raise ValueError("size and connections must be positive")
+        if self.threads is not None and self.threads <= 0:
+            raise ValueError("threads must be positive")
         if self.count is not None and self.size * self.count > MAX_BYTES:
             raise ValueError(f"size x count must be at most {MAX_BYTES >> 40} TiB")
         if (self.duration is None) == (self.count is None):
@@ -124,6 +139,11 @@ class BenchResult:
     latency: LatencyStats
     intervals: list[Interval] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    """Ctrl-C ended the run early: the figures are what it measured until then."""
+    unfinished: int = 0
+    """Exchanges still in flight when the drain after the deadline ran out: sent, and
+    neither verified nor failed."""
 
     @property
     def messages_per_s(self) -> float:
@@ -149,6 +169,7 @@ class BenchResult:
             "latency_ms": {k: v for k, v in self.latency.as_dict().items()},
             "connections_opened": self.connections_opened, "errors": self.errors,
             "integrity_failures": self.integrity_failures, "problems": self.problems[:10],
+            "interrupted": self.interrupted, "unfinished": self.unfinished,
             "intervals": [i.as_dict() for i in self.intervals],
         }
 
@@ -157,45 +178,83 @@ class NoConnection(Exception):
     """Not one connection could be made."""
 
 
-@dataclass(frozen=True)
-class Job:
-    """One connection's share of the run: its session, the socket it owns (None for
-    connect-each, whose loop opens its own), and its message count (0: the duration)."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; ``result`` holds what it measured until then."""
 
-    session: ClientSession
-    sock: socket.socket | None
-    count: int
+    def __init__(self, result: BenchResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+FD_RESERVE = 16
+"""File descriptors kept free beyond the connections and the loop threads' epoll sets
+(standard streams, the resolver, imports)."""
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One thread's share of the run: a ClientGroup driving many connections, whose
+    sockets it keeps open until the end (a failure's hint reads their TCP state) and
+    the sockets' indexes in it; or, for connect-each, one session of its own."""
+
+    group: ClientGroup | None = None
+    socks: tuple[socket.socket, ...] = ()
     each: ConnectEachSession | None = None
+    count: int = 0
+
+    @property
+    def counters(self) -> ClientGroup | ConnectEachSession:
+        counters = self.group if self.group is not None else self.each
+        assert counters is not None
+        return counters
 
 
 class _Sample:
-    """Counters of every session at one instant."""
+    """Counters of every lane at one instant."""
 
-    def __init__(self, when: float, sessions: Sequence[ClientSession],
-                 stream_size: int = 0) -> None:
+    def __init__(self, when: float, lanes: Sequence[Lane]) -> None:
         self.when = when
-        self.bytes = sum(s.bytes_received for s in sessions)
-        if stream_size:  # a stream counts its messages only at the end: derive them
-            self.messages = sum(s.bytes_received // stream_size for s in sessions)
-        else:
-            self.messages = sum(s.messages for s in sessions)
-        hists = [s.histogram() for s in sessions]
+        counters = [lane.counters for lane in lanes]
+        self.bytes = sum(c.bytes_received for c in counters)
+        self.messages = sum(c.messages for c in counters)
+        hists = [c.histogram() for c in counters]
         self.hist = [sum(col) for col in zip(*hists, strict=True)] if hists else [0] * NBUCKETS
 
 
 class LoadGenerator:
-    """Runs one benchmark: ``run(on_interval)`` returns a BenchResult."""
+    """Runs one benchmark: ``run(on_interval)`` returns a BenchResult.
+
+    Connections are spread over a few threads (``threads``, by default one per
+    core), each driving its share from one epoll set in the core's ClientGroup,
+    without the GIL; connect-each runs a thread per connection.
+    """
 
     def __init__(self, config: BenchConfig) -> None:
         config.check()
         self.config = config
         self.core: Core = cores.load(config.core)
         self.base = make_base(secrets.randbits(32) if config.seed is None else config.seed)
+        self.threads = (config.connections if config.connect_each
+                        else min(config.threads or os.cpu_count() or 1, config.connections))
+        self._check_fds()
         self._lock = threading.Lock()
         self._errors = 0
         self._integrity = 0
         self._problems: list[str] = []
-        self._stream_size = config.size if config.mode == "stream" else 0
+        self._running = 0
+        self._ended = 0.0
+        self._all_ended = threading.Event()
+
+    def _check_fds(self) -> None:
+        """Raise the soft fd limit as ``serve`` does; ValueError if -c cannot fit under it."""
+        limit = raise_nofile_limit()
+        need = self.config.connections + self.threads + FD_RESERVE
+        have = limit - open_fds()
+        if need > have + FD_RESERVE:
+            raise ValueError(
+                f"{self.config.connections} connections need about {need} file descriptors, "
+                f"but this process may open {max(0, have)} more (RLIMIT_NOFILE {limit}; "
+                "raise the hard limit, or run fewer connections per process)")
 
     # -- setting up ------------------------------------------------------------
 
@@ -236,6 +295,40 @@ class LoadGenerator:
         share, extra = divmod(c.count, c.connections)
         return [share + (1 if i < extra else 0) for i in range(c.connections)]
 
+    def _lanes(self, family: int, sockaddr: Any) -> list[Lane]:
+        """Connect everything and deal the connections out to the threads' lanes."""
+        c = self.config
+        counts = self._counts()
+        if c.connect_each:
+            return [Lane(each=self._connect_each_session(family, sockaddr), count=n)
+                    for n in counts]
+        socks: list[list[socket.socket]] = [[] for _ in range(self.threads)]
+        groups = [self.core.ClientGroup(c.size, self.base, c.mode, c.timeout)
+                  for _ in range(self.threads)]
+        first_error = ""
+        connected = 0
+        try:
+            for count in counts:
+                try:
+                    sock = self._connect(family, sockaddr)
+                except OSError as exc:
+                    self._fail(f"cannot connect: {exc.strerror or exc}")
+                    first_error = first_error or (exc.strerror or str(exc))
+                    continue
+                lane = connected % self.threads
+                socks[lane].append(sock)
+                groups[lane].add(sock.fileno(), count)
+                connected += 1
+        except BaseException:
+            for sock in itertools.chain.from_iterable(socks):
+                sock.close()
+            raise
+        if not connected:
+            raise NoConnection(f"cannot connect to {format_hostport(c.host, c.port)}: "
+                               f"{first_error}")
+        return [Lane(group=g, socks=tuple(ss)) for g, ss in zip(groups, socks, strict=True)
+                if ss]
+
     def _fail(self, problem: str, integrity: bool = False) -> None:
         with self._lock:
             if integrity:
@@ -246,87 +339,106 @@ class LoadGenerator:
 
     # -- running -----------------------------------------------------------------
 
-    def _drive(self, job: Job) -> None:
+    def _drive(self, lane: Lane) -> None:
         c = self.config
         interval = c.connections / c.rate if c.rate else 0.0
         duration = c.duration or 0.0
-        session = job.session
         try:
-            if job.each is not None:
-                intact = job.each.run_each(job.count, interval, duration)
-            else:  # --rate needs message mode (check()): a stream's interval is 0
-                intact = session.run(job.count, interval, duration)
-        except OSError as exc:
-            self._fail(describe_error(exc, c.timeout)
-                       + stall_hint(exc, c.mode, c.size, session, job.sock))
-            return
+            if lane.each is not None:
+                try:
+                    if not lane.each.run_each(lane.count, interval, duration):
+                        self._fail(describe_failure(lane.each), integrity=True)
+                except OSError as exc:
+                    self._fail(describe_error(exc, c.timeout)
+                               + stall_hint(exc, c.mode, c.size, lane.each))
+                finally:
+                    self._lane_ended()
+                return
+            assert lane.group is not None
+            drain = min(c.timeout, max(BENCH_DRAIN, duration / 200))
+            try:
+                lane.group.run(interval, duration, True, drain)
+            except OSError as exc:  # the loop itself failed: every connection of it ends
+                self._fail(describe_error(exc, c.timeout))
+            finally:
+                self._lane_ended()
+            for member in lane.group.failures():
+                if member.error is None:
+                    self._fail(describe_failure(member), integrity=True)
+                else:
+                    sock = lane.socks[member.index]
+                    self._fail(describe_error(member.error, c.timeout)
+                               + stall_hint(member.error, c.mode, c.size, member, sock))
         finally:
-            if job.sock is not None:
-                job.sock.close()
-        if not intact:
-            self._fail(describe_failure(session), integrity=True)
+            for sock in lane.socks:
+                sock.close()
+
+    def _lane_ended(self) -> None:
+        """One lane's loop returned; the last one ends the measured time."""
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                self._ended = time.monotonic()
+                self._all_ended.set()
 
     def run(self, on_interval: Callable[[Interval], None] | None = None) -> BenchResult:
-        """Connect everything, run, sample every interval; NoConnection if none connected."""
+        """Connect everything, run, sample every interval; NoConnection if none connected,
+        Interrupted (a KeyboardInterrupt, with the result so far) on Ctrl-C.
+
+        Interval k ends at k x interval after the start, by the clock, not after the
+        last one (which a busy moment could delay), so lines never drift.
+        """
         c = self.config
         family, sockaddr = self._resolve()
-        jobs: list[Job] = []
-        first_error = ""
-        for count in self._counts():
-            if c.connect_each:
-                each = self._connect_each_session(family, sockaddr)
-                jobs.append(Job(each, None, count, each))
-                continue
-            try:
-                sock = self._connect(family, sockaddr)
-            except OSError as exc:
-                self._fail(f"cannot connect: {exc.strerror or exc}")
-                first_error = first_error or (exc.strerror or str(exc))
-                continue
-            session = self.core.ClientSession(sock.fileno(), c.size, self.base, c.mode,
-                                              c.timeout)
-            jobs.append(Job(session, sock, count))
-        if not jobs:
-            where = format_hostport(c.host, c.port)
-            raise NoConnection(f"cannot connect to {where}: {first_error}")
-        sessions = [job.session for job in jobs]
-        threads = [threading.Thread(target=self._drive, args=(job,), daemon=True,
+        lanes = self._lanes(family, sockaddr)
+        threads = [threading.Thread(target=self._drive, args=(lane,), daemon=True,
                                     name=f"bench-{i}")
-                   for i, job in enumerate(jobs)]
+                   for i, lane in enumerate(lanes)]
+        self._running = len(threads)
         started = time.monotonic()
         for t in threads:
             t.start()
         intervals: list[Interval] = []
-        last = _Sample(started, sessions, self._stream_size)
+        last = _Sample(started, lanes)
+
+        def report(now: _Sample) -> None:
+            nonlocal last
+            interval = self._interval(started, last, now)
+            intervals.append(interval)
+            if on_interval is not None:
+                on_interval(interval)
+            last = now
+
         try:
-            while any(t.is_alive() for t in threads):
-                tick = last.when + c.interval
-                for t in threads:
-                    t.join(max(0.0, tick - time.monotonic()))
-                    if time.monotonic() >= tick:
-                        break
-                if time.monotonic() >= tick or not any(t.is_alive() for t in threads):
-                    now = _Sample(time.monotonic(), sessions, self._stream_size)
-                    # A sliver at the end (threads finishing) would print noise.
-                    if now.when - last.when >= c.interval / 4 or not intervals:
-                        interval = self._interval(started, last, now)
-                        intervals.append(interval)
-                        if on_interval is not None:
-                            on_interval(interval)
-                        last = now
+            k = 1
+            while not self._all_ended.wait(max(0.0, started + k * c.interval
+                                               - time.monotonic())):
+                report(_Sample(time.monotonic(), lanes))
+                k = max(k + 1, int((last.when - started) / c.interval) + 1)  # skip missed ticks
+            # What came after the last tick; a sliver (the drain) would print noise.
+            if self._ended - last.when >= c.interval / 4 or not intervals:
+                report(_Sample(self._ended, lanes))
         except KeyboardInterrupt:
-            for s in sessions:
-                s.stop()
-            give_up = time.monotonic() + c.timeout  # one timeout for all, not one each
-            for t in threads:
-                t.join(max(0.0, give_up - time.monotonic()))
-            raise
-        elapsed = time.monotonic() - started
-        opened = sum(job.each.connections if job.each is not None else 1 for job in jobs)
-        if c.connect_each and opened == 0:
+            for lane in lanes:
+                lane.counters.stop()
+            self._all_ended.wait(c.timeout)  # one timeout for all, not one each
+            ended = self._ended or time.monotonic()
+            self._join(threads, c.timeout)
+            result = self._result(lanes, ended - started, intervals)
+            result.interrupted = True
+            raise Interrupted(result) from None
+        self._join(threads, c.timeout)
+        if c.connect_each and not sum(lane.counters.connections for lane in lanes):
             raise NoConnection(f"cannot connect to {format_hostport(c.host, c.port)}: "
                                f"{'; '.join(self._problems[:1])}")
-        return self._result(sessions, opened, elapsed, intervals)
+        return self._result(lanes, self._ended - started, intervals)
+
+    @staticmethod
+    def _join(threads: list[threading.Thread], timeout: float) -> None:
+        """Wait for the lanes to report their failures and close their sockets."""
+        give_up = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, give_up - time.monotonic()))
 
     @staticmethod
     def _interval(started: float, a: _Sample, b: _Sample) -> Interval:
@@ -335,16 +447,20 @@ class LoadGenerator:
         return Interval(a.when - started, b.when - started, b.messages - a.messages,
                         b.bytes - a.bytes, lat.p50, lat.p99)
 
-    def _result(self, sessions: list[ClientSession], opened: int, elapsed: float,
+    def _result(self, lanes: list[Lane], elapsed: float,
                 intervals: list[Interval]) -> BenchResult:
-        final = _Sample(time.monotonic(), sessions, self._stream_size)
-        timed = [s for s in sessions if s.latency_min_ns >= 0]
+        final = _Sample(time.monotonic(), lanes)
+        counters = [lane.counters for lane in lanes]
+        timed = [s for s in counters if s.latency_min_ns >= 0]
         lat = summarize(final.hist, min((s.latency_min_ns for s in timed), default=0),
                         max((s.latency_max_ns for s in timed), default=0),
                         sum(s.latency_sum_ns for s in timed))
+        opened = sum(s.connections for s in counters)
+        unfinished = sum(lane.group.unfinished for lane in lanes if lane.group is not None)
         return BenchResult(self.config, self.core.NAME, elapsed, final.messages,
-                           sum(s.bytes_sent for s in sessions), final.bytes, opened,
-                           self._errors, self._integrity, lat, intervals, self._problems)
+                           sum(s.bytes_sent for s in counters), final.bytes, opened,
+                           self._errors, self._integrity, lat, intervals, self._problems,
+                           unfinished=unfinished)
 
 
 # -- text output ----------------------------------------------------------------------
@@ -378,7 +494,10 @@ def summary_lines(r: BenchResult) -> list[str]:
         f"Latency ms: min {lat.min:.3f} p50 {lat.p50:.3f} p90 {lat.p90:.3f} "
         f"p99 {lat.p99:.3f} p99.9 {lat.p999:.3f} max {lat.max:.3f}",
         f"Connections: {r.connections_opened} opened, {r.errors} errors, "
-        f"{r.integrity_failures} integrity failures",
+        f"{r.integrity_failures} integrity failures"
+        + (f", {r.unfinished} still in flight at the end (not awaited)" if r.unfinished else ""),
     ]
     lines += [f"Problem: {p}" for p in r.problems[:5]]
+    if r.interrupted:
+        lines.insert(0, f"Interrupted after {r.elapsed:.3f} s: the figures so far")
     return lines

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import resource
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from typing import Any
 
 from . import logs
 from .server import EchoServer, ServerStats
+from .sockets import raise_nofile_limit
 from .status import EXIT_FAILED, EXIT_OK, UsageError
 from .units import format_hostport, plural
 
@@ -109,13 +109,6 @@ def log_summary(logger: logging.Logger, stats: ServerStats, more: str = "",
 
 LOG_BATCH_DELAY = 0.02
 """Seconds a log line waits for the ones right behind it, to go out in one write."""
-
-
-def raise_nofile_limit() -> None:
-    """Room for as many connections as the hard limit allows (soft RLIMIT_NOFILE up to it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run(options: ServeOptions,

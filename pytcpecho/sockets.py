@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import struct
 from typing import Any
@@ -12,6 +14,23 @@ def make_blocking(sock: socket.socket) -> None:
     for the process (a socket with a Python-level timeout is non-blocking)."""
     if sock.gettimeout() is not None:
         sock.settimeout(None)
+
+
+def raise_nofile_limit() -> int:
+    """Room for as many connections as the hard limit allows (soft RLIMIT_NOFILE up to
+    it); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard if soft < hard else soft
+
+
+def open_fds() -> int:
+    """How many file descriptors this process holds now (Linux; 0 where it cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 class Borrowed:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .contract import ClientSession
+from .contract import Echoed
 from .units import plural
 
 # struct tcp_info (linux/tcp.h): the u32 fields read here, by byte offset.
@@ -36,7 +36,7 @@ def describe_error(exc: OSError, timeout: float | None) -> str:
     return f"connection failed: {exc.strerror or exc}"
 
 
-def describe_failure(session: ClientSession) -> str:
+def describe_failure(session: Echoed) -> str:
     """One line for a session whose run() found the echo not intact."""
     if session.mismatch_offset >= 0:
         return f"echo differs from what was sent at byte {session.mismatch_offset}"
@@ -69,7 +69,7 @@ def unacked(sock: socket.socket) -> Unacked | None:
     return Unacked(segments, retrans)
 
 
-def stall_hint(exc: OSError, mode: str, size: int, session: ClientSession,
+def stall_hint(exc: OSError, mode: str, size: int, session: Echoed,
                sock: socket.socket | None = None,
                small_echo_passes: Callable[[], bool] | None = None) -> str:
     """'; likely cause' for an exchange that timed out, or '' where none can be named.

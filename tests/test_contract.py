@@ -49,7 +49,9 @@ def test_core_provides_the_whole_contract(name: str) -> None:
 def test_contract_names_what_a_session_must_have() -> None:
     """The runtime check reads the same protocols mypy checks against."""
     assert contract.members(contract.Core) == [
-        "NAME", "MODES", "EchoSession", "ClientSession", "ConnectEachSession"]
+        "NAME", "MODES", "EchoSession", "ClientSession", "ConnectEachSession", "ClientGroup"]
+    assert {"add", "run", "stop", "histogram", "failures", "unfinished", "failed"} <= set(
+        contract.members(contract.ClientGroup))
     assert {"attach", "run", "bytes_in", "bytes_out", "messages"} == set(
         contract.members(contract.ServerSession))
     each = contract.members(contract.ConnectEachSession)
@@ -59,7 +61,7 @@ def test_contract_names_what_a_session_must_have() -> None:
 
 def test_a_core_missing_a_name_is_refused() -> None:
     partial = types.ModuleType("partial")
-    for name in ("NAME", "MODES", "ClientSession", "ConnectEachSession"):
+    for name in ("NAME", "MODES", "ClientSession", "ConnectEachSession", "ClientGroup"):
         setattr(partial, name, getattr(_pycore, name))
 
     class NoAttach:  # an EchoSession without attach()
@@ -97,7 +99,7 @@ def test_a_stale_build_fails_where_the_core_is_chosen_in_one_line() -> None:
     out = subprocess.run([sys.executable, "-c", code, "ping", "127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60)
     missing = ("the cython core does not implement the core contract: missing EchoSession, "
-               "ClientSession, ConnectEachSession")
+               "ClientSession, ConnectEachSession, ClientGroup")
     assert out.stdout.strip() == f"ContractError {missing}"
     assert_one_line_error(out, 2)
     assert out.stderr.strip() == f"pytcpecho: error: {missing}"
