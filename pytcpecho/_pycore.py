@@ -464,7 +464,7 @@ class ClientGroup:
         self._rbuf = bytearray(self._chunk)
         self._hist = [0] * NBUCKETS
         self._members: list[GroupMember] = []
-        self._selector = selectors.DefaultSelector()
+        self._selector: selectors.BaseSelector | None = None
         self._heap: list[tuple[int, int]] = []
         self._stop = False
         self._stopping = False
@@ -480,9 +480,6 @@ class ClientGroup:
         self.latency_max_ns = self.latency_sum_ns = 0
         self.failed = 0
         self.unfinished = 0
-
-    def __del__(self) -> None:
-        self._selector.close()
 
     @property
     def connections(self) -> int:
@@ -528,10 +525,13 @@ class ClientGroup:
         self._interval_ns = int(interval * 1e9)
         if duration > 0:
             self._deadline = time.monotonic_ns() + int(duration * 1e9)
-        self._run()
+        with selectors.DefaultSelector() as self._selector:
+            self._run()
         return self.failed == 0
 
     def _run(self) -> None:
+        selector = self._selector
+        assert selector is not None
         start = time.monotonic_ns()
         next_scan = start + _SCAN_NS
         self._active = len(self._members)
@@ -569,12 +569,13 @@ class ClientGroup:
                 wait = min(wait, self._deadline - now)
             if self._drain_end:
                 wait = min(wait, self._drain_end - now)
-            for key, _ in self._selector.select(max(0, wait) / 1e9):
+            for key, _ in selector.select(max(0, wait) / 1e9):
                 self._step(key.data)
 
     def _watch(self, m: GroupMember, want: int) -> None:
         if m.watched == want:
             return
+        assert self._selector is not None
         if want == 0:
             self._selector.unregister(m.fd)
         elif m.watched:

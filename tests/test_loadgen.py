@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+import resource
+import signal
 import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fakes import echo_then, fake_server, flipping_echo, stalling_echo, stalling_once
-from support import LOCALHOST, assert_one_line_error, cli, running_server
+from support import (
+    LOCALHOST,
+    ServeProcess,
+    assert_one_line_error,
+    cli,
+    raise_fd_limit,
+    running_server,
+)
 
 MIB = 1024 * 1024
 
@@ -156,3 +168,105 @@ def test_nothing_to_connect_to_exits_3() -> None:
 def test_bad_options_exit_2(args: list[str]) -> None:
     result = cli("bench", f"{LOCALHOST}:9", *args)
     assert_one_line_error(result, 2)
+
+
+@pytest.mark.timeout(120)
+def test_thousands_of_connections_keep_time() -> None:
+    """-c 2000 -t 2 -i 0.5 ends after about 2 s, each interval line at its due time (with
+    a thread per connection it ran 17.9 s, its first line reading 0.0-17.8)."""
+    server = ServeProcess("--port", "0", "--mode", "message", "--size", "1KiB",
+                          "--max-clients", "2500")
+    try:
+        port = server.wait_listening()
+        status, doc = bench_json(port, "--size", "1KiB", "-c", "2000", "-t", "2", "-i", "0.5")
+    finally:
+        server.proc.send_signal(signal.SIGINT)
+        server.proc.wait(30)
+    assert status == 0, doc["problems"]
+    assert doc["connections_opened"] == 2000 and doc["errors"] == 0
+    assert doc["messages"] > 0
+    assert doc["duration_s"] <= 2.5, doc["duration_s"]
+    ticks = [i for i in doc["intervals"] if i["end"] - i["start"] > 0.3]
+    assert len(ticks) == 4, doc["intervals"]
+    for k, i in enumerate(ticks, 1):
+        assert abs(i["end"] - 0.5 * k) <= 0.25, doc["intervals"]
+
+
+def _with_nofile(soft: int, hard: int) -> Callable[[], None]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return limit
+
+
+def _bench_limited(port: int, soft: int, hard: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytcpecho", "bench", f"{LOCALHOST}:{port}",
+                           *args], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_with_nofile(soft, hard))
+
+
+@pytest.mark.timeout(60)
+def test_more_connections_than_fds_is_one_line_naming_the_limit() -> None:
+    with running_server(mode="message", size=1024) as server:
+        result = _bench_limited(server.address[1], 200, 200, "-c", "1000", "-t", "1")
+        line = assert_one_line_error(result, 2)
+        assert server.stats.total == 0  # refused before a single connection
+    assert "1000 connections need about" in line and "RLIMIT_NOFILE 200" in line, line
+
+
+@pytest.mark.timeout(60)
+def test_bench_raises_its_soft_fd_limit_as_serve_does() -> None:
+    raise_fd_limit(2000)
+    with running_server(mode="message", size=1024) as server:
+        result = _bench_limited(server.address[1], 200, 4096, "-c", "500", "-n", "1000",
+                                "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["connections_opened"] == 500 and doc["messages"] == 1000
+
+
+def test_threads_share_the_connections() -> None:
+    with running_server(mode="message", size=1024) as server:
+        status, doc = bench_json(server.address[1], "-c", "7", "--threads", "3", "-n", "70")
+        assert status == 0, doc
+        assert doc["messages"] == 70 and doc["connections_opened"] == 7
+        assert server.wait(lambda s: s.total == 7 and s.bytes_out == 70 * 1024, 10)
+    assert_one_line_error(cli("bench", f"{LOCALHOST}:9", "--threads", "0"), 2)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_prints_the_summary_so_far_then_exits_130() -> None:
+    with running_server(mode="message", size=1024) as server:
+        bench = ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "bench",
+                                  f"{LOCALHOST}:{server.address[1]}", "-c", "4", "-t", "30",
+                                  "-i", "0.2"])
+        bench.wait_for(r"^\s+0\.0+-0\.2\d*\s")  # the first interval line
+        bench.proc.send_signal(signal.SIGINT)
+        assert bench.proc.wait(15) == 130
+    out = bench.output()
+    assert "Traceback" not in out
+    lines = out.splitlines()
+    interrupted = [line for line in lines if line.startswith("Interrupted after ")]
+    assert interrupted, out
+    assert float(interrupted[0].split()[2]) < 15
+    assert any(line.startswith("Messages: ") for line in lines), out
+    assert "Connections: 4 opened, 0 errors, 0 integrity failures" in out
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_with_json_prints_the_document_so_far() -> None:
+    with running_server(mode="message", size=1024) as server:
+        bench = subprocess.Popen([sys.executable, "-m", "pytcpecho", "bench",
+                                  f"{LOCALHOST}:{server.address[1]}", "-c", "2", "-t", "30",
+                                  "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        try:
+            assert server.wait(lambda s: s.active == 2 and s.bytes_out > 100 * 1024, 20)
+            bench.send_signal(signal.SIGINT)
+            out, err = bench.communicate(timeout=15)
+        finally:
+            bench.kill()
+    assert bench.returncode == 130, err
+    assert "Traceback" not in err
+    doc = json.loads(out)
+    assert doc["interrupted"] is True
+    assert doc["messages"] > 100 and doc["errors"] == 0

@@ -29,10 +29,11 @@ from pytcpecho import core as cores
 from pytcpecho.pattern import make_base
 
 # The system calls a blocked session may be waiting in, by machine: recvfrom
-# (recv() is recvfrom underneath), poll and ppoll.
+# (recv() is recvfrom underneath), poll and ppoll, and a ClientGroup's epoll_wait,
+# epoll_pwait and epoll_pwait2.
 BLOCKING_SYSCALLS = {
-    "x86_64": {45, 7, 271},
-    "aarch64": {207, 73},
+    "x86_64": {45, 7, 271, 232, 281, 441},
+    "aarch64": {207, 73, 22, 441},
 }
 SIGNAL = signal.SIGUSR2
 BLOCK_WAIT_S = 10.0
@@ -172,6 +173,25 @@ def test_client_waiting_for_an_echo_is_interrupted(core: str) -> None:
         assert not reader.is_alive()
         assert session.bytes_sent == 1000  # the message went out; its echo never came
         assert session.bytes_received == 0
+
+
+@pytest.mark.timeout(30)
+def test_client_group_waiting_for_echoes_is_interrupted(core: str) -> None:
+    """ClientGroup.run() in the main thread, its connections' peers silent."""
+    mod = cores.load(core)
+    with tcp_pair() as (a, peer_a), tcp_pair() as (b, peer_b):
+        group = mod.ClientGroup(1000, make_base(5), "message", None)
+        group.add(a.fileno(), 1)
+        group.add(b.fileno(), 1)
+
+        def unblock() -> None:
+            _shut_down(peer_a)()
+            _shut_down(peer_b)()
+
+        interrupt_when_blocked(lambda: group.run(), unblock)
+        assert group.bytes_sent == 2000  # both messages went out; no echo came
+        assert group.bytes_received == 0
+        assert group.messages == 0
 
 
 def _server_is_interrupted(mod: ModuleType, mode: str) -> None:
