@@ -195,9 +195,23 @@ def targets(entries: Entries) -> list[tuple[str, str, bool | None]]:
     errors = entries.get("1000-connections", {}).get("pytcpecho-cython", {}).get("errors")
     add("1000 active connections: errors (== 0)", None if errors is None else float(errors),
         0.5, above=False, unit="")
-    for w in ("loadgen-100KiB-x10", "loadgen-1KiB-x10"):
-        add(f"pytcpecho bench vs C load generator, {w[8:]} (>= 0.9x)",
-            ratio(entries, w, "pytcpecho-bench"), 0.9)
+    add("pytcpecho bench vs C load generator, 100KiB-x10 (>= 0.9x)",
+        ratio(entries, "loadgen-100KiB-x10", "pytcpecho-bench"), 0.9)
+    add("pytcpecho bench vs C load generator, 1KiB-x10 (>= 0.95x)",
+        ratio(entries, "loadgen-1KiB-x10", "pytcpecho-bench"), 0.95)
+    add("pytcpecho bench vs C load generator, 1KiB-x1000 (>= 0.9x)",
+        ratio(entries, "loadgen-1KiB-x1000", "pytcpecho-bench"), 0.9)
+    keep = next((g.get("pytcpecho-bench", {}) for w, g in entries.items()
+                 if w.startswith("keep-time-")), {})
+    n = next((w[10:] for w in entries if w.startswith("keep-time-")), "10000")
+    off = keep.get("duration_off_s")
+    add(f"bench -c {n} -t {keep.get('seconds', 10):g}: run ends within 0.2 s of -t, "
+        "off by (s)", None if off is None else abs(off), 0.2, above=False, unit=" s")
+    add(f"bench -c {n}: latest interval line vs its due time (< 50 ms)",
+        keep.get("interval_late_ms"), 50, above=False, unit=" ms")
+    errors = keep.get("errors")
+    add(f"bench -c {n}: errors (== 0)", None if errors is None else float(errors), 0.5,
+        above=False, unit="")
     return out
 
 
@@ -249,7 +263,7 @@ def main() -> None:
         parts += ["Server CPU per message, microseconds (ratio: the C thread server's CPU per "
                   "message / this server's; above 1 is cheaper than C):", cpu]
     if lg := loadgen_table(entries):
-        parts += ["Load generator (10 connections, message -> echo loop):", lg]
+        parts += ["Load generator (message -> echo loop; xN: N connections):", lg]
     if mem := memory_table(entries):
         parts += ["Server memory with idle connections:", mem]
     parts += ["Targets:", targets_table(entries)]

@@ -122,22 +122,64 @@ def test_idle_memory(benchmark: Any, c_built: bool, server_name: str, count: int
     assert doc["rss_mib"] > 0 and "kib_per_connection" in doc, doc
 
 
+LOADGEN_CASES = [(102400, 10), (1024, 10), (1024, 1000)]
+
+
+def loadgen_workload(size: int, connections: int) -> str:
+    return f"loadgen-{'100KiB' if size == 102400 else '1KiB'}-x{connections}"
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("size", [102400, 1024])
+@pytest.mark.parametrize(("size", "connections"), LOADGEN_CASES)
 @pytest.mark.parametrize("generator", ["c-loadgen", "pytcpecho-bench"])
-def test_load_generator(benchmark: Any, c_built: bool, generator: str, size: int) -> None:
-    """The loadgen target: pytcpecho bench vs the C load generator, same C server."""
+def test_load_generator(benchmark: Any, c_built: bool, generator: str, size: int,
+                        connections: int) -> None:
+    """The loadgen targets: pytcpecho bench vs the C load generator, same C server."""
     server = _server("c-thread", c_built)
-    workload = f"loadgen-{'100KiB' if size == 102400 else '1KiB'}-x10"
+    workload = loadgen_workload(size, connections)
     benchmark.group = workload
+    harness.raise_nofile()
     with harness.running(server) as proc:
         if generator == "c-loadgen":
-            doc = benchmark.pedantic(harness.c_loadgen, args=(proc.port, size, 10, SECONDS),
+            doc = benchmark.pedantic(harness.c_loadgen,
+                                     args=(proc.port, size, connections, SECONDS),
                                      rounds=1, iterations=1)
         else:
             doc = benchmark.pedantic(harness.pytcpecho_bench,
-                                     args=(proc.port, ["--size", str(size), "-c", "10",
-                                                       "-t", S]),
+                                     args=(proc.port, ["--size", str(size), "-c",
+                                                       str(connections), "-t", S]),
                                      rounds=1, iterations=1)
     _record(benchmark, workload, generator, doc)
     _check(workload, generator, doc)
+
+
+KEEP_TIME_CONNECTIONS = 10000
+KEEP_TIME_SECONDS = 10.0 if harness.FULL else 1.0
+KEEP_TIME_INTERVAL = 1.0 if harness.FULL else 0.25
+
+
+@pytest.mark.timeout(300)
+def test_bench_keeps_time_at_10000_connections(benchmark: Any, c_built: bool) -> None:
+    """bench -c 10000 -t 10 against the C thread server: when the run ends and when each
+    interval line falls, against when they are due (the report holds them to targets)."""
+    server = _server("c-thread", c_built)
+    workload = f"keep-time-{KEEP_TIME_CONNECTIONS}"
+    benchmark.group = workload
+    harness.raise_nofile()
+    args = ["--size", "1024", "-c", str(KEEP_TIME_CONNECTIONS), "-t", f"{KEEP_TIME_SECONDS:g}",
+            "-i", f"{KEEP_TIME_INTERVAL:g}", "--timeout", "30"]
+    with harness.running(server) as proc:
+        doc = benchmark.pedantic(harness.pytcpecho_bench, args=(proc.port, args),
+                                 rounds=1, iterations=1)
+    due = round(KEEP_TIME_SECONDS / KEEP_TIME_INTERVAL)  # lines; then at most a last sliver
+    ticks = doc["intervals"][:due]
+    doc["interval_late_ms"] = round(max(abs(i["end"] - k * KEEP_TIME_INTERVAL) * 1000
+                                        for k, i in enumerate(ticks, 1)), 1)
+    doc["duration_off_s"] = round(doc["duration_s"] - KEEP_TIME_SECONDS, 4)
+    doc["seconds"] = KEEP_TIME_SECONDS
+    _record(benchmark, workload, "pytcpecho-bench", doc)
+    benchmark.extra_info.update({k: doc[k] for k in ("interval_late_ms", "duration_off_s",
+                                                     "seconds", "unfinished")})
+    _check(workload, "pytcpecho-bench", doc)
+    assert doc["connections_opened"] == KEEP_TIME_CONNECTIONS, doc["connections_opened"]
+    assert len(ticks) == due, doc["intervals"]
