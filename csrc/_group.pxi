@@ -299,6 +299,8 @@ cdef class ClientGroup:
                 continue
             for k in range(ready):
                 self._step(events[k].data.u32)
+                if self.drain_end and k & 63 == 63 and now_ns() >= self.drain_end:
+                    break  # the drain is over: the rest of this batch is abandoned too
             self._poll_signals()
         return 0
 

@@ -569,8 +569,10 @@ class ClientGroup:
                 wait = min(wait, self._deadline - now)
             if self._drain_end:
                 wait = min(wait, self._drain_end - now)
-            for key, _ in selector.select(max(0, wait) / 1e9):
+            for k, (key, _) in enumerate(selector.select(max(0, wait) / 1e9)):
                 self._step(key.data)
+                if self._drain_end and k & 63 == 63 and time.monotonic_ns() >= self._drain_end:
+                    break  # the drain is over: the rest of this batch is abandoned too
 
     def _watch(self, m: GroupMember, want: int) -> None:
         if m.watched == want:
