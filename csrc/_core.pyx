@@ -325,58 +325,42 @@ cdef class EchoSession:
 
 # -- client ------------------------------------------------------------------
 
-cdef class ClientSession:
-    """The client's loop: send the pattern, read the echo, verify, time it.
+cdef class ClientLoop:
+    """What every client loop shares: its arguments' checks, the pattern tile it sends
+    from, its receive buffer, its counters and its latency histogram in C memory.
+    A subclass's __cinit__ calls _setup(); this one takes any arguments, as Cython
+    passes a subclass's constructor arguments to it too."""
 
-    In "message" mode each message of ``size`` bytes is a round trip, timed
-    into a log-linear histogram held in C memory; in "stream" mode the whole
-    run is one continuous transfer.  Either way the client sends and receives
-    at once, so no payload size can deadlock it against an echoing peer.
-    The connection's stream offset carries over between calls to run().
-    """
-
-    cdef int fd
     cdef long long size
     cdef bint lockstep
-    cdef int timeout_ms
     cdef bytes base_obj
     cdef const unsigned char *base
     cdef unsigned char *tile
     cdef unsigned char *rbuf
     cdef size_t chunk
     cdef long long *hist
-    cdef long long offset
-    cdef long long window_off
-    cdef size_t window_len
     cdef int stop_flag
-    cdef int shut
-    cdef bint watch_signals
-    cdef long long signals_checked_ns
-    cdef unsigned int spins
     cdef readonly long long bytes_sent
     cdef readonly long long bytes_received
     cdef readonly long long messages
-    cdef readonly long long mismatch_offset
-    cdef readonly bint short_echo
-    cdef readonly long long long_echo
     cdef readonly long long latency_min_ns
     cdef readonly long long latency_max_ns
     cdef readonly long long latency_sum_ns
 
-    def __cinit__(self, int fd, long long size, bytes base, str mode="message",
-                  object timeout=None):
+    def __cinit__(self, *args, **kwargs):
+        pass
+
+    cdef int _setup(self, long long size, bytes base, str mode, object timeout) except -1:
         if mode not in MODES:
             raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0:
             raise ValueError("size must be positive")
         if len(base) != BLOCK:
             raise ValueError(f"pattern base must be {BLOCK} bytes")
-        self.fd = fd
-        self.size = size
-        self.lockstep = mode == "message"
         if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:  # poll()'s int ms
             raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
-        self.timeout_ms = -1 if timeout is None else max(1, <int>(timeout * 1000))
+        self.size = size
+        self.lockstep = mode == "message"
         self.base_obj = base
         self.base = <const unsigned char *>self.base_obj
         self.chunk = CHUNK if size > CHUNK else <size_t>size
@@ -394,9 +378,8 @@ cdef class ClientSession:
         for i in range(0, self.chunk + BLOCK, BLOCK):
             memcpy(self.tile + i, self.base, BLOCK if self.chunk + BLOCK - i >= BLOCK
                    else self.chunk + BLOCK - i)
-        self.window_off = self.window_len = 0
-        self.mismatch_offset = -1
         self.latency_min_ns = -1
+        return 0
 
     def __dealloc__(self):
         free(self.tile)
@@ -410,6 +393,47 @@ cdef class ClientSession:
     def histogram(self):
         """The latency histogram's counts, one per bucket."""
         return [self.hist[i] for i in range(NBUCKETS)]
+
+    cdef void _record(self, long long lat) noexcept nogil:
+        """Count one round trip (ns) into the histogram and the exact min/max/sum."""
+        self.hist[bucket_of(lat)] += 1
+        self.latency_sum_ns += lat
+        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+            self.latency_min_ns = lat
+        if lat > self.latency_max_ns:
+            self.latency_max_ns = lat
+
+
+cdef class ClientSession(ClientLoop):
+    """The client's loop: send the pattern, read the echo, verify, time it.
+
+    In "message" mode each message of ``size`` bytes is a round trip, timed
+    into a log-linear histogram held in C memory; in "stream" mode the whole
+    run is one continuous transfer.  Either way the client sends and receives
+    at once, so no payload size can deadlock it against an echoing peer.
+    The connection's stream offset carries over between calls to run().
+    """
+
+    cdef int fd
+    cdef int timeout_ms
+    cdef long long offset
+    cdef long long window_off
+    cdef size_t window_len
+    cdef int shut
+    cdef bint watch_signals
+    cdef long long signals_checked_ns
+    cdef unsigned int spins
+    cdef readonly long long mismatch_offset
+    cdef readonly bint short_echo
+    cdef readonly long long long_echo
+
+    def __cinit__(self, int fd, long long size, bytes base, str mode="message",
+                  object timeout=None):
+        self._setup(size, base, mode, timeout)
+        self.fd = fd
+        self.timeout_ms = -1 if timeout is None else max(1, <int>(timeout * 1000))
+        self.window_off = self.window_len = 0
+        self.mismatch_offset = -1
 
     def run(self, long long count, double interval=0.0, double duration=0.0,
             bint finish=True):
@@ -509,15 +533,6 @@ cdef class ClientSession:
             shutdown(self.fd, SHUT_WR)
             self.shut = 1
         return 0
-
-    cdef void _record(self, long long lat) noexcept nogil:
-        """Count one round trip (ns) into the histogram and the exact min/max/sum."""
-        self.hist[bucket_of(lat)] += 1
-        self.latency_sum_ns += lat
-        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-            self.latency_min_ns = lat
-        if lat > self.latency_max_ns:
-            self.latency_max_ns = lat
 
     cdef int _stream(self, long long count, long long deadline, bint finish) except -1 nogil:
         cdef long long t0 = now_ns()

@@ -56,7 +56,7 @@ cdef class GroupMember:
     cdef readonly long long long_echo
 
 
-cdef class ClientGroup:
+cdef class ClientGroup(ClientLoop):
     """Many connections' client loops in one thread: send, read back, verify, time.
 
     Each connection does what a ClientSession does on its own (message round
@@ -71,20 +71,11 @@ cdef class ClientGroup:
     cdef int n
     cdef int capacity
     cdef int epfd
-    cdef long long size
-    cdef bint lockstep
     cdef long long timeout_ns
-    cdef bytes base_obj
-    cdef const unsigned char *base
-    cdef unsigned char *tile
-    cdef unsigned char *rbuf
-    cdef size_t chunk
-    cdef long long *hist
     cdef long long *heap_due
     cdef int *heap_conn
     cdef int heap_n
     cdef int active
-    cdef int stop_flag
     cdef bint stopping
     cdef long long drain_ns
     cdef long long drain_end
@@ -94,45 +85,15 @@ cdef class ClientGroup:
     cdef long long deadline
     cdef bint watch_signals
     cdef long long signals_checked_ns
-    cdef readonly long long bytes_sent
-    cdef readonly long long bytes_received
-    cdef readonly long long messages
-    cdef readonly long long latency_min_ns
-    cdef readonly long long latency_max_ns
-    cdef readonly long long latency_sum_ns
     cdef readonly int failed
     cdef readonly int unfinished
 
     def __cinit__(self, long long size, bytes base, str mode="message", object timeout=None):
-        if mode not in MODES:
-            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
-        if size <= 0:
-            raise ValueError("size must be positive")
-        if len(base) != BLOCK:
-            raise ValueError(f"pattern base must be {BLOCK} bytes")
-        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
-            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
-        self.epfd = -1
-        self.size = size
-        self.lockstep = mode == "message"
-        self.timeout_ns = -1 if timeout is None else max(1000000, <long long>(timeout * 1e9))
-        self.base_obj = base
-        self.base = <const unsigned char *>self.base_obj
-        self.chunk = CHUNK if size > CHUNK else <size_t>size
-        if self.chunk < BLOCK:
-            self.chunk = BLOCK
         # One send tile and one receive buffer for every connection: a send stamps
         # its block headers into the tile, sends, and wipes them again.
-        self.tile = <unsigned char *>malloc(self.chunk + BLOCK)
-        self.rbuf = <unsigned char *>malloc(self.chunk)
-        self.hist = <long long *>calloc(NBUCKETS, sizeof(long long))
-        if self.tile == NULL or self.rbuf == NULL or self.hist == NULL:
-            raise MemoryError()
-        cdef size_t i
-        for i in range(0, self.chunk + BLOCK, BLOCK):
-            memcpy(self.tile + i, self.base, BLOCK if self.chunk + BLOCK - i >= BLOCK
-                   else self.chunk + BLOCK - i)
-        self.latency_min_ns = -1
+        self.epfd = -1
+        self._setup(size, base, mode, timeout)
+        self.timeout_ns = -1 if timeout is None else max(1000000, <long long>(timeout * 1e9))
         cdef int epfd
         while check_rc(epfd := epoll_create1(EPOLL_CLOEXEC)):
             pass
@@ -144,9 +105,6 @@ cdef class ClientGroup:
         free(self.conns)
         free(self.heap_due)
         free(self.heap_conn)
-        free(self.tile)
-        free(self.rbuf)
-        free(self.hist)
 
     @property
     def connections(self):
@@ -183,14 +141,6 @@ cdef class ClientGroup:
         self.conns[self.n].mismatch_offset = -1
         self.n += 1
         return self.n - 1
-
-    def stop(self):
-        """Ask run() to finish: messages in flight complete, a stream ends where it is."""
-        self.stop_flag = 1
-
-    def histogram(self):
-        """The latency histogram's counts, one per bucket, for all connections."""
-        return [self.hist[i] for i in range(NBUCKETS)]
 
     def failures(self):
         """A GroupMember for each connection that failed, in the order they were added."""
@@ -515,14 +465,6 @@ cdef class ClientGroup:
             elif c.state == CLOSING and now >= c.touched:
                 self._retire(i, DONE)
         return 0
-
-    cdef void _record(self, long long lat) noexcept nogil:
-        self.hist[bucket_of(lat)] += 1
-        self.latency_sum_ns += lat
-        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-            self.latency_min_ns = lat
-        if lat > self.latency_max_ns:
-            self.latency_max_ns = lat
 
     # -- the open loop's timers: a binary min-heap of (due, connection) -------------
 

@@ -153,44 +153,34 @@ class EchoSession:
                 return ending == 1
 
 
-class ClientSession:
-    """The client's loop: see the Cython core's ClientSession."""
+class _ClientLoop:
+    """What every client loop shares: its arguments' checks, its pattern and receive
+    buffer, its counters and its latency histogram (the Cython core's are alike)."""
 
     bytes_sent: int
     bytes_received: int
     messages: int
-    mismatch_offset: int
-    short_echo: bool
-    long_echo: int
     latency_min_ns: int
     latency_max_ns: int
     latency_sum_ns: int
 
-    def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
-                 timeout: float | None = None) -> None:
+    def __init__(self, size: int, base: bytes, mode: str, timeout: float | None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
         if size <= 0:
             raise ValueError("size must be positive")
-        self._fd = fd
-        self._size = size
-        self._lockstep = mode == "message"
         if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:  # poll()'s int ms
             raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
-        self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
+        self._size = size
+        self._lockstep = mode == "message"
         self._pattern = Pattern(base)
         self._chunk = max(min(size, CHUNK), BLOCK)
         self._rbuf = bytearray(self._chunk)
         self._hist = [0] * NBUCKETS
-        self._offset = 0
         self._stop = False
-        self._shut = False
         self.bytes_sent = 0
         self.bytes_received = 0
         self.messages = 0
-        self.mismatch_offset = -1
-        self.short_echo = False
-        self.long_echo = 0
         self.latency_min_ns = -1
         self.latency_max_ns = 0
         self.latency_sum_ns = 0
@@ -200,6 +190,33 @@ class ClientSession:
 
     def histogram(self) -> list[int]:
         return list(self._hist)
+
+    def _record(self, lat: int) -> None:
+        """Count one round trip (ns) into the histogram and the exact min/max/sum."""
+        self._hist[bucket_of(lat)] += 1
+        self.latency_sum_ns += lat
+        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
+            self.latency_min_ns = lat
+        self.latency_max_ns = max(self.latency_max_ns, lat)
+
+
+class ClientSession(_ClientLoop):
+    """The client's loop: see the Cython core's ClientSession."""
+
+    mismatch_offset: int
+    short_echo: bool
+    long_echo: int
+
+    def __init__(self, fd: int, size: int, base: bytes, mode: str = "message",
+                 timeout: float | None = None) -> None:
+        super().__init__(size, base, mode, timeout)
+        self._fd = fd
+        self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
+        self._offset = 0
+        self._shut = False
+        self.mismatch_offset = -1
+        self.short_echo = False
+        self.long_echo = 0
 
     def run(self, count: int, interval: float = 0.0, duration: float = 0.0,
             finish: bool = True) -> bool:
@@ -234,13 +251,6 @@ class ClientSession:
                 return False
             return True
         return True  # open for the whole timeout (10 s without one): nothing extra came
-
-    def _record(self, lat: int) -> None:
-        self._hist[bucket_of(lat)] += 1
-        self.latency_sum_ns += lat
-        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-            self.latency_min_ns = lat
-        self.latency_max_ns = max(self.latency_max_ns, lat)
 
     def _run_lockstep(self, sock: socket.socket, count: int, interval_ns: int, deadline: int,
                       finish: bool) -> bool:
@@ -436,37 +446,19 @@ class GroupMember:
         self.long_echo = 0
 
 
-class ClientGroup:
+class ClientGroup(_ClientLoop):
     """Many connections' client loops in one thread (see the Cython core's ClientGroup)."""
 
-    bytes_sent: int
-    bytes_received: int
-    messages: int
-    latency_min_ns: int
-    latency_max_ns: int
-    latency_sum_ns: int
     failed: int
     unfinished: int
 
     def __init__(self, size: int, base: bytes, mode: str = "message",
                  timeout: float | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be {' or '.join(map(repr, MODES))}, not {mode!r}")
-        if size <= 0:
-            raise ValueError("size must be positive")
-        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
-            raise ValueError(f"timeout must be positive, at most {MAX_TIMEOUT:g} s (None: none)")
-        self._size = size
-        self._lockstep = mode == "message"
+        super().__init__(size, base, mode, timeout)
         self._timeout_ns = -1 if timeout is None else max(1_000_000, int(timeout * 1e9))
-        self._pattern = Pattern(base)
-        self._chunk = max(min(size, CHUNK), BLOCK)
-        self._rbuf = bytearray(self._chunk)
-        self._hist = [0] * NBUCKETS
         self._members: list[GroupMember] = []
         self._selector: selectors.BaseSelector | None = None
         self._heap: list[tuple[int, int]] = []
-        self._stop = False
         self._stopping = False
         self._drain_ns = -1
         self._drain_end = 0
@@ -475,9 +467,6 @@ class ClientGroup:
         self._interval_ns = 0
         self._deadline = 0
         self._active = 0
-        self.bytes_sent = self.bytes_received = self.messages = 0
-        self.latency_min_ns = -1
-        self.latency_max_ns = self.latency_sum_ns = 0
         self.failed = 0
         self.unfinished = 0
 
@@ -496,12 +485,6 @@ class ClientGroup:
         member.count = count
         self._members.append(member)
         return member.index
-
-    def stop(self) -> None:
-        self._stop = True
-
-    def histogram(self) -> list[int]:
-        return list(self._hist)
 
     def failures(self) -> list[GroupMember]:
         for m in self._members:
@@ -755,13 +738,6 @@ class ClientGroup:
                 self._fail(m, _timeout())
             elif m.state == _CLOSING and now >= m.touched:
                 self._retire(m, _DONE)
-
-    def _record(self, lat: int) -> None:
-        self._hist[bucket_of(lat)] += 1
-        self.latency_sum_ns += lat
-        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-            self.latency_min_ns = lat
-        self.latency_max_ns = max(self.latency_max_ns, lat)
 
     def _push(self, due: int, m: GroupMember) -> None:
         m.due = due

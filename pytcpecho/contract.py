@@ -47,8 +47,8 @@ class ServerSessionClass(Protocol):
                  bufsize: int = ...) -> ServerSession: ...
 
 
-class Echoed(Protocol):
-    """What an exchange says about its echo so far: all that verdict.py reads."""
+class Counted(Protocol):
+    """What a client loop has moved so far, readable from any thread while it runs."""
 
     @property
     def bytes_sent(self) -> int: ...
@@ -56,6 +56,11 @@ class Echoed(Protocol):
     def bytes_received(self) -> int: ...
     @property
     def messages(self) -> int: ...
+
+
+class Echoed(Counted, Protocol):
+    """What an exchange says about its echo so far: all that verdict.py reads."""
+
     @property
     def mismatch_offset(self) -> int: ...
     @property
@@ -64,8 +69,8 @@ class Echoed(Protocol):
     def long_echo(self) -> int: ...
 
 
-class ClientSession(Echoed, Protocol):
-    """The client's loop on one connection: see the Cython core's ClientSession."""
+class Timed(Counted, Protocol):
+    """A client loop that times its round trips, and can be stopped from another thread."""
 
     @property
     def latency_min_ns(self) -> int: ...
@@ -75,11 +80,15 @@ class ClientSession(Echoed, Protocol):
     def latency_sum_ns(self) -> int: ...
 
     def stop(self) -> None:
-        """Ask run() to finish after the message in flight (safe from any thread)."""
+        """Ask run() to finish: a message in flight completes (safe from any thread)."""
 
     def histogram(self) -> list[int]:
         """The latency histogram's counts, one per bucket (constants.NBUCKETS)."""
         ...
+
+
+class ClientSession(Echoed, Timed, Protocol):
+    """The client's loop on one connection: see the Cython core's ClientSession."""
 
     def run(self, count: int, interval: float = ..., duration: float = ...,
             finish: bool = ...) -> bool:
@@ -123,38 +132,20 @@ class GroupMember(Echoed, Protocol):
         """What ended it; None when its echo was not intact (see ``Echoed``)."""
 
 
-class ClientGroup(Protocol):
-    """Many connections' client loops in one thread: see the Cython core's ClientGroup."""
+class ClientGroup(Timed, Protocol):
+    """Many connections' client loops in one thread: see the Cython core's ClientGroup.
+    Its counters and histogram are all its connections' together."""
 
     @property
     def connections(self) -> int: ...
-    @property
-    def bytes_sent(self) -> int: ...
-    @property
-    def bytes_received(self) -> int: ...
-    @property
-    def messages(self) -> int: ...
     @property
     def failed(self) -> int: ...
     @property
     def unfinished(self) -> int:
         """Connections still owed an echo when the drain after the deadline ran out."""
-    @property
-    def latency_min_ns(self) -> int: ...
-    @property
-    def latency_max_ns(self) -> int: ...
-    @property
-    def latency_sum_ns(self) -> int: ...
 
     def add(self, fd: int, count: int = ...) -> int:
         """One more connected fd, for ``count`` messages (0: until the deadline); its index."""
-        ...
-
-    def stop(self) -> None:
-        """Ask run() to finish: messages in flight complete, a stream ends where it is."""
-
-    def histogram(self) -> list[int]:
-        """The latency histogram's counts for all connections (constants.NBUCKETS)."""
         ...
 
     def failures(self) -> Sequence[GroupMember]:
