@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import core as cores
 from . import logs
-from .server import ServerStats
+from .constants import WORKERS_PER_CPU
+from .server import ServerStats, serving_core
 from .serving import COUNTERS, PROG, ServeOptions, log_summary
 from .serving import run as serve
 from .sockets import listen_address
@@ -38,6 +38,15 @@ from .status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from .units import format_hostport, plural
 
 log = logging.getLogger("pytcpecho.supervisor")
+
+def max_workers() -> tuple[int, int]:
+    """(the most workers ``serve --workers`` runs, the CPUs this process may run on)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return WORKERS_PER_CPU * cpus, cpus
+
 
 STOP_MARGIN = 5.0  # seconds past --grace before a worker that has not stopped is killed
 QUICK_DEATH = 1.0  # a worker that dies younger than this is restarted after a pause
@@ -272,9 +281,12 @@ def _drain(fd: int) -> None:
 
 def run(options: ServeOptions, workers: int) -> int:
     """``serve --workers N`` (N >= 2): the exit status; UsageError if they cannot run."""
+    most, _ = max_workers()
+    if not 1 <= workers <= most:
+        raise UsageError(f"--workers must be 1 to {most} here ({WORKERS_PER_CPU} per CPU)")
     logs.setup(options.verbose, options.quiet, options.log_format)
     try:
-        cores.load(options.core)  # one error line here, not one per worker
+        serving_core(options.core, options.mode)  # one error line here, not one per worker
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     return Supervisor(options, workers).run()

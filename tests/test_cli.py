@@ -21,9 +21,10 @@ import pytest
 from fakes import closed_port, echo_held_back, fake_server, flipping_echo
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
-from pytcpecho import EchoClient, EchoError, EchoServer, __version__
+from pytcpecho import EchoClient, EchoError, EchoServer, __version__, supervisor
 from pytcpecho import core as cores
 from pytcpecho.cli import COMMANDS, main
+from pytcpecho.constants import WORKERS_PER_CPU
 from pytcpecho.loadgen import BenchConfig
 
 SUBCOMMANDS = ("serve", "client", "ping", "demo", "bench")
@@ -499,3 +500,83 @@ def test_serve_host_in_brackets_as_for_clients() -> None:
         port = server.wait_listening()
         ping = cli("ping", f"[::1]:{port}")
         assert ping.returncode == 0, ping.stderr
+
+
+# -- issue 12: every bad input is one line naming the option, in its command's name ------
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize("args", [
+    ("client", "h", "--size", HUGE), ("client", "h", "--count", HUGE),
+    ("client", "h", "--seed", HUGE), ("client", "h", "--seed", "-" + HUGE),
+    ("client", f"h:{HUGE}"), ("client", "h", "--timeout", HUGE),
+    ("ping", "h", "-c", HUGE), ("ping", "h", "--size", HUGE), ("ping", "h", "-i", HUGE),
+    ("bench", "h", "-c", HUGE), ("bench", "h", "-n", HUGE), ("bench", "h", "--seed", HUGE),
+    ("bench", "h", "--size", HUGE),
+    ("serve", "--port", HUGE), ("serve", "--size", HUGE), ("serve", "--max-clients", HUGE),
+    ("serve", "--max-bytes", HUGE), ("serve", "--workers", HUGE), ("serve", "--mode", HUGE),
+    ("serve", "--grace", HUGE),
+], ids=lambda a: " ".join(x[:12] for x in a))
+def test_a_5000_digit_value_is_too_large_in_a_short_line(args: tuple[str, ...]) -> None:
+    """Not Python's advice about sys.set_int_max_str_digits(), nor the value in full."""
+    line = assert_one_line_error(cli(*args, timeout=30), 2)
+    assert line.startswith(f"pytcpecho {args[0]}: error: "), line
+    assert "set_int_max_str_digits" not in line and len(line) < 300, line
+    assert "(5000 characters)" in line or "(5001 characters)" in line, line
+    assert re.search(r": (too large|at most|invalid choice)", line), line
+
+
+@pytest.mark.parametrize(("option", "value"), [("--allow", "abc"), ("--deny", "10.0.0.0/33"),
+                                               ("--allow", "::1/129")])
+def test_a_bad_network_names_its_option(option: str, value: str) -> None:
+    line = assert_one_line_error(cli("serve", "--port", "0", option, value, timeout=30), 2)
+    assert line.startswith(f"pytcpecho serve: error: argument {option}: invalid network "
+                           f"{value!r}: "), line
+
+
+def test_an_unknown_top_level_option_is_named() -> None:
+    line = assert_one_line_error(cli("--bogus"), 2)
+    assert line.startswith("pytcpecho: error: unrecognized arguments: '--bogus'"), line
+    assert "command" not in line, line
+
+
+def test_no_command_asks_for_one() -> None:
+    line = assert_one_line_error(cli(), 2)
+    assert "a command is required: serve, client, ping, demo, bench" in line, line
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("client", "h"), ("ping", "h"),
+                                     ("demo",), ("bench", "h")])
+def test_an_unknown_option_is_the_subcommands_error(command: tuple[str, ...]) -> None:
+    line = assert_one_line_error(cli(*command, "--bogus", timeout=30), 2)
+    assert line.startswith(f"pytcpecho {command[0]}: error: unrecognized arguments: "
+                           "'--bogus'"), line
+
+
+def test_workers_that_cannot_serve_the_mode_are_one_line_before_any_starts() -> None:
+    result = cli("serve", "--port", "0", "--workers", "2", "--mode", "message",
+                 "--core", "splice", timeout=30)
+    line = assert_one_line_error(result, 2)
+    assert line.startswith("pytcpecho serve: error: argument --core: "), line
+    assert result.stdout == ""  # no supervisor line, no worker started
+
+
+def test_demo_on_a_core_that_cannot_serve_the_mode_is_one_line() -> None:
+    result = cli("demo", "--core", "splice", timeout=30)
+    line = assert_one_line_error(result, 2)
+    assert line.startswith("pytcpecho demo: error: argument --core: "), line
+    assert result.stdout == ""
+
+
+def test_workers_have_an_upper_bound() -> None:
+    most, cpus = supervisor.max_workers()
+    assert most == WORKERS_PER_CPU * cpus
+    assert "at most" in assert_one_line_error(cli("serve", "--port", "0", "--workers",
+                                                  str(most + 1), timeout=30), 2)
+    line = assert_one_line_error(cli("serve", "--port", "0", "--workers", "1000"), 2)
+    assert line == (f"pytcpecho serve: error: argument --workers: invalid count 1000: at most "
+                    f"{most} ({WORKERS_PER_CPU} per CPU, {cpus} CPU{'s' * (cpus != 1)} here) "
+                    "(see --help)"), line
+    assert f"at most {WORKERS_PER_CPU} per CPU" in " ".join(cli("serve", "--help").stdout.split())
+
