@@ -355,28 +355,50 @@ def _add_ping(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _ping(args: argparse.Namespace) -> int:
+    """Ping after ping; stopped by Ctrl-C, the summary of those done so far (as iputils
+    ping prints its statistics), then exit 130."""
     host, port = args.target
     times: list[float] = []
-    for i in range(args.count):
-        if i and args.interval:
-            time.sleep(args.interval)  # pacing, as ping -i does
-        try:
-            client = EchoClient(host, port, size=args.size, timeout=args.timeout, core=args.core)
-        except RuntimeError as exc:
-            raise UsageError(str(exc)) from None
-        try:
-            result = client.run()
-        except EchoError as exc:
-            return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
-        if not result.intact:
-            return _fail(args.prog, result.problem or "echo not intact", EXIT_NOT_INTACT)
-        times.append(result.elapsed * 1000)
-        _say(f"{result.received} bytes from {format_hostport(*result.peer)}: "
-             f"intact, time={times[-1]:.3f} ms")
+    try:
+        for i in range(args.count):
+            if i and args.interval:
+                time.sleep(args.interval)  # pacing, as ping -i does
+            status = _ping_once(args, times)
+            if status != EXIT_OK:
+                return status
+    except KeyboardInterrupt:
+        if times:
+            _say(_ping_summary(format_hostport(host, port), times,
+                               f" (interrupted, {len(times)} of {args.count})"))
+        return EXIT_INTERRUPTED
     if len(times) > 1:
-        _say(f"{len(times)} pings to {client.target}, all intact: time min/avg/max = "
-             f"{min(times):.3f}/{sum(times) / len(times):.3f}/{max(times):.3f} ms")
+        _say(_ping_summary(format_hostport(host, port), times))
     return EXIT_OK
+
+
+def _ping_once(args: argparse.Namespace, times: list[float]) -> int:
+    """One ping: its line, its time added to ``times``; the exit status so far."""
+    host, port = args.target
+    try:
+        client = EchoClient(host, port, size=args.size, timeout=args.timeout, core=args.core)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        result = client.run()
+    except EchoError as exc:
+        return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
+    if not result.intact:
+        return _fail(args.prog, result.problem or "echo not intact", EXIT_NOT_INTACT)
+    times.append(result.elapsed * 1000)
+    _say(f"{result.received} bytes from {format_hostport(*result.peer)}: "
+         f"intact, time={times[-1]:.3f} ms")
+    return EXIT_OK
+
+
+def _ping_summary(target: str, times: list[float], note: str = "") -> str:
+    return (f"{len(times)} ping{'s' if len(times) != 1 else ''} to {target}{note}, all intact: "
+            f"time min/avg/max = {min(times):.3f}/{sum(times) / len(times):.3f}/"
+            f"{max(times):.3f} ms")
 
 
 # -- demo -----------------------------------------------------------------------

@@ -191,14 +191,17 @@ class Supervisor:
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._signal is not None:  # a second one during the stop: pass it on too
-            self._forward(signum)
+            self._forward()
         self._signal = signum
 
-    def _forward(self, signum: int) -> None:
+    def _forward(self) -> None:
+        """SIGTERM to every worker, whichever signal we got: it stops a worker that serves
+        as SIGINT would, and one still starting up (before its handlers) quietly, where
+        SIGINT would end it in a KeyboardInterrupt traceback."""
         for worker in self.workers.values():
             if worker.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(signum)
+                    worker.proc.send_signal(signal.SIGTERM)
 
     def _watch(self, wake_r: int, spec: str) -> None:
         """Until a stop signal: reap dead workers and start their replacements."""
@@ -246,8 +249,7 @@ class Supervisor:
     # -- stopping -------------------------------------------------------------
 
     def _stop(self) -> int:
-        signum = self._signal or signal.SIGTERM
-        self._forward(signum)
+        self._forward()
         deadline = time.monotonic() + self.options.grace + STOP_MARGIN
         failed = self._fatal is not None
         for worker in list(self.workers.values()):
@@ -258,7 +260,7 @@ class Supervisor:
                             worker.index, worker.proc.pid)
                 worker.proc.kill()
                 worker.proc.wait()
-            if worker.proc.returncode not in (0, -signum):  # -signum: stopped before serving
+            if worker.proc.returncode not in (0, -signal.SIGTERM):  # stopped before serving
                 failed = True
             self._collect(worker)
             del self.workers[worker.index]
@@ -316,7 +318,8 @@ def worker_main(argv: list[str]) -> int:
 
     def report(stats: ServerStats) -> None:
         counters = {key: getattr(stats, key) for key in COUNTERS}
-        os.write(stats_fd, json.dumps({"pid": os.getpid(), **counters}).encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):  # the supervisor died: nobody to tell
+            os.write(stats_fd, json.dumps({"pid": os.getpid(), **counters}).encode() + b"\n")
 
     try:
         return serve(options, report)

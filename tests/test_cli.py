@@ -580,3 +580,36 @@ def test_workers_have_an_upper_bound() -> None:
                     "(see --help)"), line
     assert f"at most {WORKERS_PER_CPU} per CPU" in " ".join(cli("serve", "--help").stdout.split())
 
+
+# -- issue 12: quiet endings ------------------------------------------------------------
+
+def test_demo_to_a_closed_pipe_ends_quietly() -> None:
+    """`pytcpecho demo | head -1`: every thread's line finds stdout gone; none may say so
+    with a traceback, and the status is a SIGPIPE's, as for the other commands."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()  # what head does after its one line
+        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+        assert proc.stderr.read() == ""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_ctrl_c_stops_ping_with_the_summary_so_far() -> None:
+    """As iputils ping: the statistics of the pings done, then the status of a SIGINT."""
+    with running_server() as server, \
+            ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "ping",
+                              f"127.0.0.1:{server.address[1]}", "-c", "100", "-i", "0.2"]) as ping:
+        ping.wait_for(": intact, time=")
+        ping.wait_for(": intact, time=")
+        ping.proc.send_signal(signal.SIGINT)
+        assert ping.proc.wait(timeout=30) == 130
+        lines = ping.output().splitlines()
+    done = sum(": intact, time=" in line for line in lines)
+    assert done >= 2 and "Traceback" not in "\n".join(lines), lines
+    assert re.fullmatch(rf"{done} pings to 127\.0\.0\.1:\d+ \(interrupted, {done} of 100\), "
+                        r"all intact: time min/avg/max = [\d.]+/[\d.]+/[\d.]+ ms", lines[-1]), lines
