@@ -177,7 +177,7 @@ def _say(line: str) -> None:
 
 
 def _fail(prog: str, message: str, status: int) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    print(f"{prog}: error: {shorten_quoted(message)}", file=sys.stderr, flush=True)
     return status
 
 
@@ -509,6 +509,18 @@ def _command_names(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status; Ctrl-C and a closed stdout end it quietly wherever they
+    come, in a command or in its --help."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
+        logs.silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:  # before anything else: a bad switch or a broken build must not pick a core silently
         cores.load("auto")
     except (switch.SwitchError, ContractError) as exc:
@@ -522,13 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args)
     except UsageError as exc:
         return _fail(args.prog, str(exc), EXIT_USAGE)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
-        logs.silence_stdout()
-        return EXIT_BROKEN_PIPE
     return status
-
 
 if __name__ == "__main__":
     sys.exit(main())

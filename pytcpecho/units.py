@@ -33,9 +33,10 @@ _LONG_QUOTED = re.compile(rf"'([^'\n]{{{QUOTE_MAX + 1},}})'")
 
 
 def shorten_quoted(message: str) -> str:
-    """``message`` with every quoted value longer than QUOTE_MAX cut as quote() cuts it
-    (for the messages argparse makes itself: an invalid choice, an invalid int)."""
-    return _LONG_QUOTED.sub(lambda m: quote(m[1]), message)
+    """``message`` with every quoted value longer than QUOTE_MAX cut as quote() cuts it:
+    for the messages others make (argparse's invalid choice, pytcpecho.switch's)."""
+    return _LONG_QUOTED.sub(lambda m: f"'{m[1][:QUOTE_MAX - 3]}...' ({len(m[1])} characters)",
+                            message)
 
 
 def parse_int(text: str, what: str = "number") -> int:

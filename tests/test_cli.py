@@ -527,6 +527,11 @@ def test_a_5000_digit_value_is_too_large_in_a_short_line(args: tuple[str, ...]) 
     assert re.search(r": (too large|at most|invalid choice)", line), line
 
 
+def test_a_5000_digit_switch_value_is_shortened_too() -> None:
+    line = assert_one_line_error(cli("--version", env={"PYTCPECHO_PURE_PYTHON": HUGE}), 2)
+    assert "(5000 characters) is not a switch value" in line and len(line) < 300, line
+
+
 @pytest.mark.parametrize(("option", "value"), [("--allow", "abc"), ("--deny", "10.0.0.0/33"),
                                                ("--allow", "::1/129")])
 def test_a_bad_network_names_its_option(option: str, value: str) -> None:
