@@ -536,5 +536,6 @@ def _main(argv: Sequence[str] | None) -> int:
         return _fail(args.prog, str(exc), EXIT_USAGE)
     return status
 
+
 if __name__ == "__main__":
     sys.exit(main())
