@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import config, loadgen, logs, serving, supervisor, switch
 from . import core as cores
@@ -41,9 +42,12 @@ from .constants import (
     MODES,
     PING_SIZE,
     PING_TIMEOUT,
+    WORKERS_PER_CPU,
 )
 from .contract import ContractError
 from .demo import run_demo
+from .server import serving_core
+from .sockets import listen_address, resolve_error
 from .status import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -53,14 +57,39 @@ from .status import (
     EXIT_USAGE,
     UsageError,
 )
-from .units import format_hostport, parse_hostport, parse_port, parse_size
+from .units import (
+    format_hostport,
+    parse_hostport,
+    parse_int,
+    parse_port,
+    parse_size,
+    quote,
+    shorten_quoted,
+)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but an error is one line, not a usage block."""
+    """argparse, but an error is one line, not a usage block, from the command it belongs
+    to (``pytcpecho serve: error: ...``), with any long value in it shortened; and every
+    ``type=int`` option reads its number with parse_int (a 5,000-digit one is too large)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("type", int, _arg(parse_int, "number"))
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {shorten_quoted(message)} (see --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        """Arguments this parser does not know are its error, in its name: a subcommand's
+        parser would otherwise hand them up to ``pytcpecho``'s, and ``pytcpecho --bogus``
+        would be reported as a missing command."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(map(quote, extras))}")
+        return parsed, extras
 
 
 def _arg(parse: Callable[[str], object], what: str) -> Callable[[str], object]:
@@ -76,7 +105,16 @@ def _arg(parse: Callable[[str], object], what: str) -> Callable[[str], object]:
 def _positive_size(text: str) -> int:
     size = parse_size(text)
     if size <= 0:
-        raise ValueError(f"invalid size {text!r}: must be at least 1 byte")
+        raise ValueError(f"invalid size {quote(text)}: must be at least 1 byte")
+    return size
+
+
+def _message_size(text: str) -> int:
+    """serve's --size: a buffer each connection holds, so at most MAX_MESSAGE_SIZE."""
+    size = _positive_size(text)
+    if size > MAX_MESSAGE_SIZE:
+        raise ValueError(f"invalid size {quote(text)}: at most {MAX_MESSAGE_SIZE >> 20} MiB "
+                         "(each connection holds a buffer of this size)")
     return size
 
 
@@ -84,21 +122,19 @@ def _seconds(text: str, least: float = MIN_TIMEOUT) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"invalid duration {text!r}: give seconds, e.g. 10 or 0.5") from None
+        raise ValueError(f"invalid duration {quote(text)}: give seconds, e.g. 10 or 0.5") \
+            from None
     if not value > 0:
-        raise ValueError(f"invalid duration {text!r}: must be positive")
+        raise ValueError(f"invalid duration {quote(text)}: must be positive")
     if value < least:
-        raise ValueError(f"invalid duration {text!r}: at least {least:g} seconds")
+        raise ValueError(f"invalid duration {quote(text)}: at least {least:g} seconds")
     if value > MAX_TIMEOUT:
-        raise ValueError(f"invalid duration {text!r}: at most {MAX_TIMEOUT:g} seconds")
+        raise ValueError(f"invalid duration {quote(text)}: at most {MAX_TIMEOUT:g} seconds")
     return value
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"invalid count {text!r}: not a whole number") from None
+    value = parse_int(text, "count")
     if value < 1:
         raise ValueError(f"invalid count {value}: must be at least 1")
     if value > MAX_BYTES:
@@ -106,7 +142,29 @@ def _count(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    value = _count(text)
+    most, cpus = supervisor.max_workers()
+    if value > most:
+        raise ValueError(f"invalid count {value}: at most {most} ({WORKERS_PER_CPU} per CPU, "
+                         f"{cpus} CPU{'s' if cpus != 1 else ''} here)")
+    return value
+
+
+def _network(text: str) -> str:
+    """An --allow/--deny rule: kept as typed (the server reads it), checked now."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid network {quote(text)}: give an IPv4 or IPv6 address or "
+                         "CIDR, e.g. 10.0.0.0/8 or fd00::/8") from None
+    return text
+
+
 SIZE = _arg(_positive_size, "size")
+MESSAGE_SIZE = _arg(_message_size, "size")
+WORKERS = _arg(_workers, "count")
+NETWORK = _arg(_network, "network")
 SECONDS = _arg(_seconds, "seconds")
 INTERVAL = _arg(lambda t: _seconds(t, MIN_INTERVAL), "seconds")
 COUNT = _arg(_count, "count")
@@ -119,7 +177,7 @@ def _say(line: str) -> None:
 
 
 def _fail(prog: str, message: str, status: int) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    print(f"{prog}: error: {shorten_quoted(message)}", file=sys.stderr, flush=True)
     return status
 
 
@@ -135,7 +193,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--mode", choices=MODES, default="stream",
                    help="stream: echo bytes as they come (RFC 862); message: read --size "
                         "bytes, send them back, repeat (default: stream)")
-    p.add_argument("--size", type=SIZE, default=DEFAULT_SIZE,
+    p.add_argument("--size", type=MESSAGE_SIZE, default=DEFAULT_SIZE,
                    help=f"message size in message mode, at most {MAX_MESSAGE_SIZE >> 20}MiB: "
                         "each connection holds a buffer of this size "
                         f"(default: {DEFAULT_SIZE}, e.g. 100KiB, 1MiB)")
@@ -149,10 +207,10 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
                         f"(default: {DEFAULT_IDLE_TIMEOUT:g})")
     p.add_argument("--max-bytes", type=SIZE, default=0,
                    help="close a connection after it sent this many bytes (default: no limit)")
-    p.add_argument("--allow", action="append", default=[], metavar="CIDR",
+    p.add_argument("--allow", action="append", type=NETWORK, default=[], metavar="CIDR",
                    help="serve only clients in this network, IPv4 or IPv6 (repeatable; "
                         "default: every client)")
-    p.add_argument("--deny", action="append", default=[], metavar="CIDR",
+    p.add_argument("--deny", action="append", type=NETWORK, default=[], metavar="CIDR",
                    help="refuse clients in this network, at once (repeatable; default: none; "
                         "deny wins over allow)")
     p.add_argument("--grace", type=SECONDS, default=DEFAULT_GRACE,
@@ -162,15 +220,18 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--worker-idle", type=SECONDS, default=DEFAULT_WORKER_IDLE,
                    help="seconds an idle connection thread waits for the next client before "
                         f"it exits (default: {DEFAULT_WORKER_IDLE:g})")
-    p.add_argument("--workers", type=COUNT, default=1,
+    p.add_argument("--workers", type=WORKERS, default=1,
                    help="server processes sharing the port (SO_REUSEPORT), restarted if "
-                        "they die (default: 1)")
+                        f"they die, at most {WORKERS_PER_CPU} per CPU "
+                        f"({supervisor.max_workers()[0]} here) (default: 1)")
     p.add_argument("--reuse-port", action="store_true",
                    help="let other processes listen on the same port (SO_REUSEPORT)")
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
                    help="text: plain lines; json: one JSON object per line (default: text)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-connection lines")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no per-connection lines (variable: 1/0, true/false, yes/no, on/off)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="timestamps and detail (variable: as for --quiet)")
     p.set_defaults(run=_serve)
     config.apply_env(p)
 
@@ -181,6 +242,7 @@ def _serve(args: argparse.Namespace) -> int:
         config.finish(args)
     except config.EnvError as exc:
         raise UsageError(str(exc)) from None
+    _check_serve(args)
     options = serving.ServeOptions(
         host=args.host, port=args.port, mode=args.mode, size=args.size, core=args.core,
         max_clients=args.max_clients, idle_timeout=args.idle_timeout,
@@ -190,6 +252,24 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         return serving.run(options)
     return supervisor.run(options, args.workers)
+
+
+def _check_serve(args: argparse.Namespace) -> None:
+    """What a serve process would refuse only once it runs (in each worker of --workers),
+    refused before anything starts, naming the option or the variable that gave it: a core
+    that cannot serve the mode, a host that is no host name or does not resolve."""
+    try:
+        serving_core(args.core, args.mode)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"{config.origin(args, 'core', '--core')}: {exc}") from None
+    if args.host:
+        try:
+            listen_address(args.host, args.port)
+        except ValueError as exc:  # no host name at all: the message says so
+            raise UsageError(f"{config.origin(args, 'host', '--host')}: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"{config.origin(args, 'host', '--host')}: "
+                             f"{resolve_error(args.host, exc)}") from None
 
 
 # -- client and ping ------------------------------------------------------------
@@ -275,28 +355,50 @@ def _add_ping(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _ping(args: argparse.Namespace) -> int:
+    """Ping after ping; stopped by Ctrl-C, the summary of those done so far (as iputils
+    ping prints its statistics), then exit 130."""
     host, port = args.target
     times: list[float] = []
-    for i in range(args.count):
-        if i and args.interval:
-            time.sleep(args.interval)  # pacing, as ping -i does
-        try:
-            client = EchoClient(host, port, size=args.size, timeout=args.timeout, core=args.core)
-        except RuntimeError as exc:
-            raise UsageError(str(exc)) from None
-        try:
-            result = client.run()
-        except EchoError as exc:
-            return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
-        if not result.intact:
-            return _fail(args.prog, result.problem or "echo not intact", EXIT_NOT_INTACT)
-        times.append(result.elapsed * 1000)
-        _say(f"{result.received} bytes from {format_hostport(*result.peer)}: "
-             f"intact, time={times[-1]:.3f} ms")
+    try:
+        for i in range(args.count):
+            if i and args.interval:
+                time.sleep(args.interval)  # pacing, as ping -i does
+            status = _ping_once(args, times)
+            if status != EXIT_OK:
+                return status
+    except KeyboardInterrupt:
+        if times:
+            _say(_ping_summary(format_hostport(host, port), times,
+                               f" (interrupted, {len(times)} of {args.count})"))
+        return EXIT_INTERRUPTED
     if len(times) > 1:
-        _say(f"{len(times)} pings to {client.target}, all intact: time min/avg/max = "
-             f"{min(times):.3f}/{sum(times) / len(times):.3f}/{max(times):.3f} ms")
+        _say(_ping_summary(format_hostport(host, port), times))
     return EXIT_OK
+
+
+def _ping_once(args: argparse.Namespace, times: list[float]) -> int:
+    """One ping: its line, its time added to ``times``; the exit status so far."""
+    host, port = args.target
+    try:
+        client = EchoClient(host, port, size=args.size, timeout=args.timeout, core=args.core)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        result = client.run()
+    except EchoError as exc:
+        return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
+    if not result.intact:
+        return _fail(args.prog, result.problem or "echo not intact", EXIT_NOT_INTACT)
+    times.append(result.elapsed * 1000)
+    _say(f"{result.received} bytes from {format_hostport(*result.peer)}: "
+         f"intact, time={times[-1]:.3f} ms")
+    return EXIT_OK
+
+
+def _ping_summary(target: str, times: list[float], note: str = "") -> str:
+    return (f"{len(times)} ping{'s' if len(times) != 1 else ''} to {target}{note}, all intact: "
+            f"time min/avg/max = {min(times):.3f}/{sum(times) / len(times):.3f}/"
+            f"{max(times):.3f} ms")
 
 
 # -- demo -----------------------------------------------------------------------
@@ -312,9 +414,9 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        cores.load(args.core)
+        serving_core(args.core, args.mode)
     except (ValueError, RuntimeError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"argument --core: {exc}") from None
     return EXIT_OK if run_demo(core=args.core, mode=args.mode) else EXIT_NOT_INTACT
 
 
@@ -401,30 +503,45 @@ def build_parser() -> _Parser:
                                  "Cython core.")
     parser.add_argument("--version", action="version",
                         version=f"pytcpecho {__version__} (core: {cores.load('auto').NAME})")
+    # Not required=True: argparse would report `pytcpecho --bogus` as a missing command
+    # before the option it does not know; main() asks for the command instead.
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
     for add in COMMANDS:
         add(sub)
     return parser
 
 
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status; Ctrl-C and a closed stdout end it quietly wherever they
+    come, in a command or in its --help."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
+        logs.silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:  # before anything else: a bad switch or a broken build must not pick a core silently
         cores.load("auto")
     except (switch.SwitchError, ContractError) as exc:
         return _fail("pytcpecho", str(exc), EXIT_USAGE)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error(f"a command is required: {', '.join(_command_names(parser))}")
     args.prog = f"pytcpecho {args.command}"
     try:
         status: int = args.run(args)
     except UsageError as exc:
         return _fail(args.prog, str(exc), EXIT_USAGE)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # stdout went away (| head): stop quietly, as cat does
-        logs.silence_stdout()
-        return EXIT_BROKEN_PIPE
     return status
 
 

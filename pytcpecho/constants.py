@@ -35,6 +35,13 @@ MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 """Largest message-mode size: each connection holds one buffer of it, so 1024 clients
 still fit in 64 GiB of address space that the kernel commits only as clients fill it."""
 
+MAX_DIGITS = 100
+"""Most digits a whole number on the command line may have: far more than any value an
+option takes (a seed included), and far below Python's own limit (4300 digits), whose
+message would otherwise speak of sys.set_int_max_str_digits()."""
+QUOTE_MAX = 80
+"""Longest value an error message repeats as typed; a longer one is cut, with its length."""
+
 # -- the server -------------------------------------------------------------------------
 
 DEFAULT_MAX_CLIENTS = 1024
@@ -42,6 +49,9 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_WORKER_IDLE = 30.0
 DEFAULT_GRACE = 10.0
 DEFAULT_BACKLOG = 1024
+WORKERS_PER_CPU = 4
+"""``serve --workers``: at most this many processes per CPU this process may run on (one
+per CPU already uses them all; more only add memory and context switches)."""
 
 # -- clients ----------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from .constants import (
     MAX_MESSAGE_SIZE,
     MODES,
 )
-from .contract import ServerSession
+from .contract import Core, ServerSession
 from .sockets import Borrowed, listen_address, set_io_timeout, set_nodelay
 from .units import check_seconds, format_hostport, format_size, parse_port, peer_name
 
@@ -91,6 +91,17 @@ class ServerStats:
 
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4 clients of a dual-stack listener
+
+
+def serving_core(core: str, mode: str) -> Core:
+    """The core named ``core``, checked to serve ``mode``: what EchoServer() runs, checked
+    once where many would (``serve --workers``, the demo) before anything starts.
+    ValueError or RuntimeError as ``cores.load()``, ValueError for a mode it lacks."""
+    loaded = cores.load(core)
+    if mode not in loaded.MODES:
+        raise ValueError(f"the {loaded.NAME} core serves {' and '.join(loaded.MODES)} "
+                         f"mode only, not {mode!r}")
+    return loaded
 
 
 def _networks(cidrs: Iterable[str | Network]) -> tuple[Network, ...]:
@@ -187,10 +198,7 @@ class EchoServer:
         self.mode = mode
         self.size = size
         self.conn_log: LineLog = conn_log or logging.getLogger("pytcpecho.conn")
-        self.core = cores.load(core)
-        if mode not in self.core.MODES:
-            raise ValueError(f"the {self.core.NAME} core serves {' and '.join(self.core.MODES)} "
-                             f"mode only, not {mode!r}")
+        self.core = serving_core(core, mode)
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
         self.max_bytes = max_bytes

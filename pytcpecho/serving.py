@@ -10,6 +10,7 @@ a fixed set of typed fields in JSON, so a worker can check what it was given.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -128,7 +129,8 @@ def run(options: ServeOptions,
         if stop.is_set():
             if handler is not None:
                 handler.flush_batch(blocking=False)
-            print(f"{signal.Signals(signum).name} again: exiting now", flush=True)
+            with contextlib.suppress(OSError):  # stdout may be gone (| head): exit anyway
+                print(f"{signal.Signals(signum).name} again: exiting now", flush=True)
             os._exit(EXIT_FAILED)
         stop.set()
         wake.set()

@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import core as cores
 from . import logs
-from .server import ServerStats
+from .constants import WORKERS_PER_CPU
+from .server import ServerStats, serving_core
 from .serving import COUNTERS, PROG, ServeOptions, log_summary
 from .serving import run as serve
 from .sockets import listen_address
@@ -38,6 +38,15 @@ from .status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from .units import format_hostport, plural
 
 log = logging.getLogger("pytcpecho.supervisor")
+
+def max_workers() -> tuple[int, int]:
+    """(the most workers ``serve --workers`` runs, the CPUs this process may run on)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return WORKERS_PER_CPU * cpus, cpus
+
 
 STOP_MARGIN = 5.0  # seconds past --grace before a worker that has not stopped is killed
 QUICK_DEATH = 1.0  # a worker that dies younger than this is restarted after a pause
@@ -182,14 +191,17 @@ class Supervisor:
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._signal is not None:  # a second one during the stop: pass it on too
-            self._forward(signum)
+            self._forward()
         self._signal = signum
 
-    def _forward(self, signum: int) -> None:
+    def _forward(self) -> None:
+        """SIGTERM to every worker, whichever signal we got: it stops a worker that serves
+        as SIGINT would, and one still starting up (before its handlers) quietly, where
+        SIGINT would end it in a KeyboardInterrupt traceback."""
         for worker in self.workers.values():
             if worker.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(signum)
+                    worker.proc.send_signal(signal.SIGTERM)
 
     def _watch(self, wake_r: int, spec: str) -> None:
         """Until a stop signal: reap dead workers and start their replacements."""
@@ -237,8 +249,7 @@ class Supervisor:
     # -- stopping -------------------------------------------------------------
 
     def _stop(self) -> int:
-        signum = self._signal or signal.SIGTERM
-        self._forward(signum)
+        self._forward()
         deadline = time.monotonic() + self.options.grace + STOP_MARGIN
         failed = self._fatal is not None
         for worker in list(self.workers.values()):
@@ -249,7 +260,7 @@ class Supervisor:
                             worker.index, worker.proc.pid)
                 worker.proc.kill()
                 worker.proc.wait()
-            if worker.proc.returncode not in (0, -signum):  # -signum: stopped before serving
+            if worker.proc.returncode not in (0, -signal.SIGTERM):  # stopped before serving
                 failed = True
             self._collect(worker)
             del self.workers[worker.index]
@@ -272,9 +283,12 @@ def _drain(fd: int) -> None:
 
 def run(options: ServeOptions, workers: int) -> int:
     """``serve --workers N`` (N >= 2): the exit status; UsageError if they cannot run."""
+    most, _ = max_workers()
+    if not 1 <= workers <= most:
+        raise UsageError(f"--workers must be 1 to {most} here ({WORKERS_PER_CPU} per CPU)")
     logs.setup(options.verbose, options.quiet, options.log_format)
     try:
-        cores.load(options.core)  # one error line here, not one per worker
+        serving_core(options.core, options.mode)  # one error line here, not one per worker
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     return Supervisor(options, workers).run()
@@ -304,7 +318,8 @@ def worker_main(argv: list[str]) -> int:
 
     def report(stats: ServerStats) -> None:
         counters = {key: getattr(stats, key) for key in COUNTERS}
-        os.write(stats_fd, json.dumps({"pid": os.getpid(), **counters}).encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):  # the supervisor died: nobody to tell
+            os.write(stats_fd, json.dumps({"pid": os.getpid(), **counters}).encode() + b"\n")
 
     try:
         return serve(options, report)

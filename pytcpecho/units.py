@@ -6,7 +6,7 @@ import ipaddress
 import re
 from fractions import Fraction
 
-from .constants import DEFAULT_PORT, MAX_BYTES, MAX_TIMEOUT, MIN_TIMEOUT
+from .constants import DEFAULT_PORT, MAX_BYTES, MAX_DIGITS, MAX_TIMEOUT, MIN_TIMEOUT, QUOTE_MAX
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE | re.ASCII)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -21,6 +21,38 @@ def check_seconds(name: str, value: float, least: float = MIN_TIMEOUT,
         raise ValueError(f"{name} must be {least:g} to {MAX_TIMEOUT:g} s{none}")
 
 
+def quote(text: str) -> str:
+    """``text`` quoted for an error message, cut to QUOTE_MAX characters with its length
+    said when it is longer: a 5,000-digit value must not become a 5,000-digit line."""
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    return f"{text[:QUOTE_MAX - 3] + '...'!r} ({len(text)} characters)"
+
+
+_LONG_QUOTED = re.compile(rf"'([^'\n]{{{QUOTE_MAX + 1},}})'")
+
+
+def shorten_quoted(message: str) -> str:
+    """``message`` with every quoted value longer than QUOTE_MAX cut as quote() cuts it:
+    for the messages others make (argparse's invalid choice, pytcpecho.switch's)."""
+    return _LONG_QUOTED.sub(lambda m: f"'{m[1][:QUOTE_MAX - 3]}...' ({len(m[1])} characters)",
+                            message)
+
+
+def parse_int(text: str, what: str = "number") -> int:
+    """A whole number as int() reads it; ValueError naming ``what``, the value quoted,
+    for anything else, and "too large" for one of more than MAX_DIGITS digits (before
+    int() refuses it with advice about sys.set_int_max_str_digits())."""
+    digits = text.strip().lstrip("+-").replace("_", "").lstrip("0")
+    if len(digits) > MAX_DIGITS:
+        raise ValueError(f"invalid {what} {quote(text)}: too large "
+                         f"(more than {MAX_DIGITS} digits)")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid {what} {quote(text)}: not a whole number") from None
+
+
 def plural(n: int) -> str:
     """The 's' of '%d connection%s': '' for one, 's' for any other count."""
     return "" if n == 1 else "s"
@@ -30,14 +62,19 @@ def parse_size(text: str) -> int:
     """Bytes from '102400', '100KiB', '1MiB', '1.5GiB', '64k' (binary) or '1MB' (decimal)."""
     m = _SIZE.match(text)
     if not m:
-        raise ValueError(f"invalid size {text!r}: use bytes, optionally with KiB, MiB, GiB or TiB")
+        raise ValueError(f"invalid size {quote(text)}: use bytes, optionally with KiB, MiB, "
+                         "GiB or TiB")
     number, prefix, suffix = m.group(1), m.group(2).lower(), m.group(3).lower()
+    if len(number.lstrip("0")) > MAX_DIGITS:
+        raise ValueError(f"invalid size {quote(text)}: too large, at most "
+                         f"{MAX_BYTES >> 40} TiB")
     base = 1000 if suffix == "b" and prefix else 1024
     value = Fraction(number) * base ** _POWERS[prefix]  # exact, unlike a float
     if value.denominator != 1 or ("." in number and not prefix):
-        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+        raise ValueError(f"invalid size {quote(text)}: not a whole number of bytes")
     if value > MAX_BYTES:
-        raise ValueError(f"invalid size {text!r}: at most {MAX_BYTES >> 40} TiB")
+        raise ValueError(f"invalid size {quote(text)}: too large, at most "
+                         f"{MAX_BYTES >> 40} TiB")
     return int(value)
 
 
@@ -52,10 +89,7 @@ def format_size(n: float) -> str:
 
 def parse_port(text: str | int, *, allow_zero: bool = False) -> int:
     """A TCP port: 1-65535 (0, "any free port", only where allowed)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise ValueError(f"invalid port {text!r}: not a number") from None
+    port = text if isinstance(text, int) else parse_int(text, "port")
     low = 0 if allow_zero else 1
     if not low <= port <= 65535:
         raise ValueError(f"invalid port {port}: must be {low}-65535")
@@ -70,9 +104,9 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not host:
-            raise ValueError(f"invalid address {text!r}: use [IPv6]:PORT")
+            raise ValueError(f"invalid address {quote(text)}: use [IPv6]:PORT")
         if rest and not rest.startswith(":"):
-            raise ValueError(f"invalid address {text!r}: use [IPv6]:PORT")
+            raise ValueError(f"invalid address {quote(text)}: use [IPv6]:PORT")
         port = parse_port(rest[1:]) if rest else default_port
         _check_ipv6(host, text)
         return host, port
@@ -81,7 +115,7 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         return text, default_port
     host, sep, port_text = text.partition(":")
     if not host:
-        raise ValueError(f"invalid address {text!r}: the host is missing")
+        raise ValueError(f"invalid address {quote(text)}: the host is missing")
     return host, parse_port(port_text) if sep else default_port
 
 
@@ -89,7 +123,7 @@ def _check_ipv6(host: str, text: str) -> None:
     try:
         ipaddress.IPv6Address(host.split("%")[0])
     except ValueError:
-        raise ValueError(f"invalid IPv6 address in {text!r}") from None
+        raise ValueError(f"invalid IPv6 address in {quote(text)}") from None
 
 
 def format_hostport(host: str, port: int) -> str:

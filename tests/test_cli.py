@@ -21,9 +21,10 @@ import pytest
 from fakes import closed_port, echo_held_back, fake_server, flipping_echo
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require, running_server
 
-from pytcpecho import EchoClient, EchoError, EchoServer, __version__
+from pytcpecho import EchoClient, EchoError, EchoServer, __version__, supervisor
 from pytcpecho import core as cores
 from pytcpecho.cli import COMMANDS, main
+from pytcpecho.constants import WORKERS_PER_CPU
 from pytcpecho.loadgen import BenchConfig
 
 SUBCOMMANDS = ("serve", "client", "ping", "demo", "bench")
@@ -499,3 +500,121 @@ def test_serve_host_in_brackets_as_for_clients() -> None:
         port = server.wait_listening()
         ping = cli("ping", f"[::1]:{port}")
         assert ping.returncode == 0, ping.stderr
+
+
+# -- issue 12: every bad input is one line naming the option, in its command's name ------
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize("args", [
+    ("client", "h", "--size", HUGE), ("client", "h", "--count", HUGE),
+    ("client", "h", "--seed", HUGE), ("client", "h", "--seed", "-" + HUGE),
+    ("client", f"h:{HUGE}"), ("client", "h", "--timeout", HUGE),
+    ("ping", "h", "-c", HUGE), ("ping", "h", "--size", HUGE), ("ping", "h", "-i", HUGE),
+    ("bench", "h", "-c", HUGE), ("bench", "h", "-n", HUGE), ("bench", "h", "--seed", HUGE),
+    ("bench", "h", "--size", HUGE),
+    ("serve", "--port", HUGE), ("serve", "--size", HUGE), ("serve", "--max-clients", HUGE),
+    ("serve", "--max-bytes", HUGE), ("serve", "--workers", HUGE), ("serve", "--mode", HUGE),
+    ("serve", "--grace", HUGE),
+], ids=lambda a: " ".join(x[:12] for x in a))
+def test_a_5000_digit_value_is_too_large_in_a_short_line(args: tuple[str, ...]) -> None:
+    """Not Python's advice about sys.set_int_max_str_digits(), nor the value in full."""
+    line = assert_one_line_error(cli(*args, timeout=30), 2)
+    assert line.startswith(f"pytcpecho {args[0]}: error: "), line
+    assert "set_int_max_str_digits" not in line and len(line) < 300, line
+    assert "(5000 characters)" in line or "(5001 characters)" in line, line
+    assert re.search(r": (too large|at most|invalid choice)", line), line
+
+
+def test_a_5000_digit_switch_value_is_shortened_too() -> None:
+    line = assert_one_line_error(cli("--version", env={"PYTCPECHO_PURE_PYTHON": HUGE}), 2)
+    assert "(5000 characters) is not a switch value" in line and len(line) < 300, line
+
+
+@pytest.mark.parametrize(("option", "value"), [("--allow", "abc"), ("--deny", "10.0.0.0/33"),
+                                               ("--allow", "::1/129")])
+def test_a_bad_network_names_its_option(option: str, value: str) -> None:
+    line = assert_one_line_error(cli("serve", "--port", "0", option, value, timeout=30), 2)
+    assert line.startswith(f"pytcpecho serve: error: argument {option}: invalid network "
+                           f"{value!r}: "), line
+
+
+def test_an_unknown_top_level_option_is_named() -> None:
+    line = assert_one_line_error(cli("--bogus"), 2)
+    assert line.startswith("pytcpecho: error: unrecognized arguments: '--bogus'"), line
+    assert "command" not in line, line
+
+
+def test_no_command_asks_for_one() -> None:
+    line = assert_one_line_error(cli(), 2)
+    assert "a command is required: serve, client, ping, demo, bench" in line, line
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("client", "h"), ("ping", "h"),
+                                     ("demo",), ("bench", "h")])
+def test_an_unknown_option_is_the_subcommands_error(command: tuple[str, ...]) -> None:
+    line = assert_one_line_error(cli(*command, "--bogus", timeout=30), 2)
+    assert line.startswith(f"pytcpecho {command[0]}: error: unrecognized arguments: "
+                           "'--bogus'"), line
+
+
+def test_workers_that_cannot_serve_the_mode_are_one_line_before_any_starts() -> None:
+    result = cli("serve", "--port", "0", "--workers", "2", "--mode", "message",
+                 "--core", "splice", timeout=30)
+    line = assert_one_line_error(result, 2)
+    assert line.startswith("pytcpecho serve: error: argument --core: "), line
+    assert result.stdout == ""  # no supervisor line, no worker started
+
+
+def test_demo_on_a_core_that_cannot_serve_the_mode_is_one_line() -> None:
+    result = cli("demo", "--core", "splice", timeout=30)
+    line = assert_one_line_error(result, 2)
+    assert line.startswith("pytcpecho demo: error: argument --core: "), line
+    assert result.stdout == ""
+
+
+def test_workers_have_an_upper_bound() -> None:
+    most, cpus = supervisor.max_workers()
+    assert most == WORKERS_PER_CPU * cpus
+    assert "at most" in assert_one_line_error(cli("serve", "--port", "0", "--workers",
+                                                  str(most + 1), timeout=30), 2)
+    line = assert_one_line_error(cli("serve", "--port", "0", "--workers", "1000"), 2)
+    assert line == (f"pytcpecho serve: error: argument --workers: invalid count 1000: at most "
+                    f"{most} ({WORKERS_PER_CPU} per CPU, {cpus} CPU{'s' * (cpus != 1)} here) "
+                    "(see --help)"), line
+    assert f"at most {WORKERS_PER_CPU} per CPU" in " ".join(cli("serve", "--help").stdout.split())
+
+
+# -- issue 12: quiet endings ------------------------------------------------------------
+
+def test_demo_to_a_closed_pipe_ends_quietly() -> None:
+    """`pytcpecho demo | head -1`: every thread's line finds stdout gone; none may say so
+    with a traceback, and the status is a SIGPIPE's, as for the other commands."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()  # what head does after its one line
+        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+        assert proc.stderr.read() == ""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_ctrl_c_stops_ping_with_the_summary_so_far() -> None:
+    """As iputils ping: the statistics of the pings done, then the status of a SIGINT."""
+    with running_server() as server, \
+            ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "ping",
+                              f"127.0.0.1:{server.address[1]}", "-c", "100", "-i", "0.2"]) as ping:
+        ping.wait_for(": intact, time=")
+        ping.wait_for(": intact, time=")
+        ping.proc.send_signal(signal.SIGINT)
+        assert ping.proc.wait(timeout=30) == 130
+        lines = ping.output().splitlines()
+    done = sum(": intact, time=" in line for line in lines)
+    assert done >= 2 and "Traceback" not in "\n".join(lines), lines
+    assert re.fullmatch(rf"{done} pings to 127\.0\.0\.1:\d+ \(interrupted, {done} of 100\), "
+                        r"all intact: time min/avg/max = [\d.]+/[\d.]+/[\d.]+ ms", lines[-1]), lines

@@ -9,8 +9,9 @@ import re
 import pytest
 from support import LOCALHOST, ServeProcess, assert_one_line_error, cli
 
-from pytcpecho import EchoClient, config, logs
+from pytcpecho import EchoClient, config, logs, switch
 from pytcpecho.cli import build_parser
+from pytcpecho.units import quote
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,24 +57,63 @@ def test_flags_replace_list_variables() -> None:
 
 
 def test_flags_replace_count_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTCPECHO_VERBOSE", "2")
+    monkeypatch.setenv("PYTCPECHO_VERBOSE", "yes")
     monkeypatch.setenv("PYTCPECHO_ALLOW", "10.0.0.0/8, 192.168.0.0/16")
-    for argv, verbose, allow in ((["serve"], 2, ["10.0.0.0/8", "192.168.0.0/16"]),
-                                 (["serve", "-v", "--allow", "::1"], 1, ["::1"])):
+    for argv, verbose, allow in ((["serve"], 1, ["10.0.0.0/8", "192.168.0.0/16"]),
+                                 (["serve", "-vv", "--allow", "::1"], 2, ["::1"])):
         args = build_parser().parse_args(argv)
         config.finish(args)
         assert (args.verbose, args.allow) == (verbose, allow)
 
 
-@pytest.mark.parametrize("name, value", [
+BAD_VARIABLES = [
     ("PYTCPECHO_PORT", "eighty"), ("PYTCPECHO_PORT", "70000"), ("PYTCPECHO_MODE", "fast"),
     ("PYTCPECHO_SIZE", "-1"), ("PYTCPECHO_MAX_CLIENTS", "0"), ("PYTCPECHO_IDLE_TIMEOUT", "soon"),
     ("PYTCPECHO_GRACE", "-1"), ("PYTCPECHO_CORE", "rust"), ("PYTCPECHO_QUIET", "maybe"),
     ("PYTCPECHO_WORKERS", "0"), ("PYTCPECHO_LOG_FORMAT", "xml"), ("PYTCPECHO_VERBOSE", "lots"),
-])
+    # issue 12: each named the variable only when its option's parser refused the value
+    ("PYTCPECHO_ALLOW", "abc"), ("PYTCPECHO_DENY", "10.0.0.0/8,10.0.0.0/33"),
+    ("PYTCPECHO_HOST", "a..b"), ("PYTCPECHO_HOST", "no-such-host.invalid"),
+    ("PYTCPECHO_SIZE", "1TiB"), ("PYTCPECHO_VERBOSE", "2"), ("PYTCPECHO_QUIET", "2"),
+    ("PYTCPECHO_REUSE_PORT", "banana"), ("PYTCPECHO_WORKERS", "100000"),
+    ("PYTCPECHO_MAX_BYTES", "lots"), ("PYTCPECHO_WORKER_IDLE", "0"),
+    ("PYTCPECHO_PORT", "9" * 5000),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VARIABLES, ids=lambda v: v[:20])
 def test_a_bad_variable_is_one_line_naming_it(name: str, value: str) -> None:
     line = assert_one_line_error(cli("serve", env={name: value}), 2)
-    assert line.startswith(f"pytcpecho serve: error: {name}={value!r}: "), line
+    shown = quote(value)
+    assert line.startswith(f"pytcpecho serve: error: {name}={shown}: "), line
+    assert len(line) < 300 and "set_int_max_str_digits" not in line, line
+
+
+def test_every_variable_has_a_bad_value_tested() -> None:
+    """The table above covers every variable serve reads, as the parser names them."""
+    parser = build_parser()
+    serve = next(a for a in parser._actions if a.dest == "command").choices["serve"]
+    names = {config.env_name(a) for a in serve._actions} - {None}
+    assert names == {name for name, _ in BAD_VARIABLES}
+
+
+def test_a_core_that_cannot_serve_the_mode_names_the_variable() -> None:
+    line = assert_one_line_error(cli("serve", env={"PYTCPECHO_CORE": "splice",
+                                                   "PYTCPECHO_MODE": "message"}), 2)
+    assert line.startswith("pytcpecho serve: error: PYTCPECHO_CORE='splice': "), line
+
+
+@pytest.mark.parametrize("name", ["PYTCPECHO_QUIET", "PYTCPECHO_VERBOSE",
+                                  "PYTCPECHO_REUSE_PORT"])
+@pytest.mark.parametrize("value", switch.ON + switch.OFF + ("TRUE", "Off", " yes "))
+def test_switch_variables_read_as_pure_python_does(name: str, value: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One set of switch values for every boolean variable: PYTCPECHO_PURE_PYTHON's."""
+    monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["serve"])
+    config.finish(args)
+    dest = name.removeprefix("PYTCPECHO_").lower()
+    assert bool(getattr(args, dest)) == switch.flag(value)
 
 
 def test_a_bad_serve_variable_leaves_other_commands_alone() -> None:

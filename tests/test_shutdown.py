@@ -143,19 +143,25 @@ def test_short_grace_ends_the_transfer_and_exits_0_in_time(signum: int) -> None:
           f"{session.bytes_received} of {TOTAL} bytes, no mismatch")
 
 
-def test_second_signal_exits_at_once() -> None:
-    with ServeProcess("--port", "0", "--grace", "30", "-q") as server:
+@pytest.mark.parametrize(("workers", "second"), [("1", signal.SIGTERM), ("1", signal.SIGINT),
+                                                 ("2", signal.SIGINT), ("2", signal.SIGTERM)])
+def test_second_signal_exits_at_once(workers: str, second: int) -> None:
+    """Quietly, from every process: one line saying so, no traceback (issue 12)."""
+    with ServeProcess("--port", "0", "--grace", "30", "-q", "--workers", workers) as server:
         port = server.wait_listening()
+        if workers != "1":
+            server.wait_for(r"^\[worker \d\] Server at")  # both workers listen
         transfer = Transfer(port)
         transfer.wait_bytes(10 * MIB)
         server.proc.send_signal(signal.SIGTERM)
-        server.wait_for(r"Shutting down")
-        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for(r"Shutting down: 1 connection in flight")
+        server.proc.send_signal(second)
         status = server.proc.wait(10)
         transfer.join()
         output = server.output()
     assert status == 1, output
-    assert "SIGTERM again: exiting now" in output
+    assert "SIGTERM again: exiting now" in output or "SIGINT again: exiting now" in output
+    assert "Traceback" not in output and "Error" not in output, output
 
 
 def _pid1_possible() -> str | None:

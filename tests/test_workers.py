@@ -225,3 +225,28 @@ def test_options_cross_to_a_worker_as_exactly_their_fields() -> None:
         with pytest.raises(ValueError, match="serve options"):
             ServeOptions.from_dict(bad)
     assert ServeOptions.from_dict({**good, "grace": 2}).grace == 2.0  # JSON's 2 for 2.0
+
+
+def test_workers_of_a_killed_supervisor_end_quietly(supervisor: ServeProcess) -> None:
+    """Their counters have nobody to go to: each worker drains and ends, without a
+    BrokenPipeError traceback for the report it could not send."""
+    _, pids = started(supervisor, 3)
+    supervisor.proc.kill()
+    supervisor.proc.wait(10)
+    for pid in pids.values():
+        assert wait_gone(pid, 15), f"worker {pid} outlived its supervisor"
+    output = supervisor.output()  # complete: every writer to the pipe has exited
+    assert "Traceback" not in output and "Error" not in output, output
+    assert len(re.findall(r"^\[worker \d\] Served 0 connections", output, re.M)) == 3, output
+
+
+def test_ctrl_c_while_the_workers_start_is_quiet() -> None:
+    """A worker still importing has no handler yet: what the supervisor forwards must stop
+    it without a KeyboardInterrupt traceback, and the stop is still a clean one."""
+    with ServeProcess("--port", "0", "--workers", "2", "-q") as server:
+        server.wait_for(r"^Worker 2 started")
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(30) == 0
+        output = server.output()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert output.splitlines()[-1].startswith("Served 0 connections"), output
