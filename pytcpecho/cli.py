@@ -455,9 +455,10 @@ def _rate(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"invalid rate {text!r}: give messages per second, e.g. 1000") from None
+        raise ValueError(f"invalid rate {quote(text)}: give messages per second, "
+                         "e.g. 1000") from None
     if not 0 < value < float("inf"):
-        raise ValueError(f"invalid rate {text!r}: must be positive")
+        raise ValueError(f"invalid rate {quote(text)}: must be positive")
     return value
 
 
