@@ -63,7 +63,7 @@ def _fmt(value: float) -> str:
 
 def table(entries: Entries) -> str:
     """One row per workload: the reference's figure, then each server's ratio to it."""
-    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-"))]
+    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-", "keep-time-"))]
     servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in workloads)]
     lines = ["| workload | C thread server | " + " | ".join(servers) + " |",
              "|---|---:|" + "---:|" * len(servers)]
@@ -229,7 +229,7 @@ def chart(entries: Entries, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-"))]
+    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-", "keep-time-"))]
     servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in workloads)]
     fig, ax = plt.subplots(figsize=(12, 5))
     width = 0.8 / len(servers)

@@ -248,7 +248,7 @@ cdef class ClientGroup(ClientLoop):
             if check_rc(ready := pte_epoll_wait_ns(self.epfd, events, EVENTS_MAX, wait)):
                 continue
             for k in range(ready):
-                self._step(events[k].data.u32)
+                self._step(events[k].data.u32, events[k].events)
                 if self.drain_end and k & 63 == 63 and now_ns() >= self.drain_end:
                     break  # the drain is over: the rest of this batch is abandoned too
             self._poll_signals()
@@ -291,10 +291,16 @@ cdef class ClientGroup(ClientLoop):
             c.end = self.size * c.count if c.count > 0 else (1LL << 62)
             c.last = self.finish
         c.touched = now_ns()
-        return self._step(i)
+        return self._step(i, EPOLLOUT)
 
-    cdef int _step(self, int i) except -1 nogil:
-        """Move connection i's bytes as far as they go without blocking."""
+    cdef int _step(self, int i, unsigned int ready) except -1 nogil:
+        """Move connection i's bytes as far as they go without blocking.
+
+        ``ready`` says which calls may find work (EPOLLIN: bytes to read, EPOLLOUT:
+        room to send; an error or hang-up, both): a call is not made when it would
+        only say EAGAIN, such as a recv() right after a message went out, so a
+        round trip costs one send(), one recv() and a share of one epoll wait.
+        """
         cdef Conn *c = &self.conns[i]
         cdef unsigned char *p
         cdef ssize_t r
@@ -306,12 +312,14 @@ cdef class ClientGroup(ClientLoop):
             return self._await_close(i)
         if c.state != BUSY:
             return 0
+        if ready & ~(EPOLLIN | EPOLLOUT):  # EPOLLERR, EPOLLHUP: the calls say what happened
+            ready = EPOLLIN | EPOLLOUT
         # A bounded turn: a fast peer must not keep the loop from its clock and the
         # other connections (level-triggered epoll brings this one back).
         while rounds < STEP_ROUNDS:
             rounds += 1
             progressed = 0
-            if c.send_off < c.end:
+            if c.send_off < c.end and ready & EPOLLOUT:
                 want = self.chunk if c.end - c.send_off > <long long>self.chunk else <size_t>(c.end - c.send_off)
                 p = self.tile + (c.send_off & (BLOCK - 1))
                 pattern_headers(self.base, p, c.send_off, want, 1)
@@ -324,12 +332,16 @@ cdef class ClientGroup(ClientLoop):
                     progressed = 1
                 elif not failed_with(r, EAGAIN) and not failed_with(r, EINTR):
                     return self._fail(i, errno)
+                if r < <ssize_t>want:  # the send buffer is full: wait for EPOLLOUT
+                    ready &= ~EPOLLOUT
             if c.last and c.send_off == c.end and not c.shut:
                 shutdown(c.fd, SHUT_WR)  # all sent: a message-mode peer may echo a short tail now
                 c.shut = 1
-            if c.recv_off < c.send_off:
+            if c.recv_off < c.send_off and ready & EPOLLIN:
                 want = self.chunk if c.send_off - c.recv_off > <long long>self.chunk else <size_t>(c.send_off - c.recv_off)
                 r = recv(c.fd, self.rbuf, want, MSG_DONTWAIT)
+                if r < <ssize_t>want:  # drained (or all that is owed came): wait for EPOLLIN
+                    ready &= ~EPOLLIN
                 if r > 0:
                     bad = pattern_mismatch(self.base, self.rbuf, c.recv_off, <size_t>r)
                     if bad >= 0:
@@ -355,6 +367,7 @@ cdef class ClientGroup(ClientLoop):
                 self._complete(i)
                 if c.state != BUSY:
                     return 0
+                ready |= EPOLLOUT  # the next message: its bytes go out at once
                 continue
             if not progressed:
                 break
@@ -439,7 +452,7 @@ cdef class ClientGroup(ClientLoop):
             if c.state == BUSY and c.send_off < c.end:
                 c.end = c.send_off
                 c.last = self.finish
-                self._step(i)
+                self._step(i, EPOLLIN | EPOLLOUT)
         return 0
 
     cdef int _abandon(self) except -1 nogil:

@@ -420,6 +420,7 @@ class ConnectEachSession(ClientSession):
 
 _WAITING, _BUSY, _CLOSING, _DONE, _FAILED = range(5)
 _SCAN_NS = 20_000_000
+_READABLE, _WRITABLE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _STEP_ROUNDS = 8
 
 
@@ -552,8 +553,8 @@ class ClientGroup(_ClientLoop):
                 wait = min(wait, self._deadline - now)
             if self._drain_end:
                 wait = min(wait, self._drain_end - now)
-            for k, (key, _) in enumerate(selector.select(max(0, wait) / 1e9)):
-                self._step(key.data)
+            for k, (key, events) in enumerate(selector.select(max(0, wait) / 1e9)):
+                self._step(key.data, events)
                 if self._drain_end and k & 63 == 63 and time.monotonic_ns() >= self._drain_end:
                     break  # the drain is over: the rest of this batch is abandoned too
 
@@ -579,9 +580,11 @@ class ClientGroup(_ClientLoop):
             m.end = self._size * m.count if m.count > 0 else 1 << 62
             m.last = self._finish
         m.touched = time.monotonic_ns()
-        self._step(m)
+        self._step(m, _WRITABLE)
 
-    def _step(self, m: GroupMember) -> None:
+    def _step(self, m: GroupMember, ready: int) -> None:
+        """Move m's bytes as far as they go; ``ready`` says which calls may find work
+        (see the Cython core's _step)."""
         if m.state == _CLOSING:
             self._await_close(m)
             return
@@ -590,35 +593,38 @@ class ClientGroup(_ClientLoop):
         with Borrowed(m.fd) as sock:
             for _ in range(_STEP_ROUNDS):
                 progressed = False
-                if m.send_off < m.end:
+                if m.send_off < m.end and ready & _WRITABLE:
                     want = min(self._chunk, m.end - m.send_off)
                     try:
                         r = sock.send(self._pattern.slice(m.send_off, want),
                                       socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
                     except BlockingIOError:
-                        pass
+                        r = 0
                     except OSError as exc:
                         self._fail(m, exc)
                         return
-                    else:
-                        m.send_off += r
-                        m.bytes_sent += r
-                        self.bytes_sent += r
-                        progressed = r > 0
+                    m.send_off += r
+                    m.bytes_sent += r
+                    self.bytes_sent += r
+                    progressed = r > 0
+                    if r < want:  # the send buffer is full: wait until it is writable
+                        ready &= ~_WRITABLE
                 if m.last and m.send_off == m.end and not m.shut:
                     with contextlib.suppress(OSError):  # the next recv() says what happened
                         sock.shutdown(socket.SHUT_WR)
                     m.shut = True
-                if m.recv_off < m.send_off:
+                if m.recv_off < m.send_off and ready & _READABLE:
                     want = min(self._chunk, m.send_off - m.recv_off)
                     try:
                         r = sock.recv_into(self._rbuf, want, socket.MSG_DONTWAIT)
                     except BlockingIOError:
-                        pass
+                        ready &= ~_READABLE
                     except OSError as exc:
                         self._fail(m, exc)
                         return
                     else:
+                        if r < want:  # drained: wait until it is readable
+                            ready &= ~_READABLE
                         if r == 0:
                             m.short_echo = True
                             self._fail(m, None)
@@ -643,6 +649,7 @@ class ClientGroup(_ClientLoop):
                     self._complete(m)
                     if m.state != _BUSY:
                         return
+                    ready |= _WRITABLE  # the next message: its bytes go out at once
                     continue
                 if not progressed:
                     break
@@ -723,7 +730,7 @@ class ClientGroup(_ClientLoop):
             if m.state == _BUSY and m.send_off < m.end:
                 m.end = m.send_off
                 m.last = self._finish
-                self._step(m)
+                self._step(m, _READABLE | _WRITABLE)
 
     def _abandon(self) -> None:
         for m in self._members:
