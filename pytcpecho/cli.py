@@ -63,6 +63,7 @@ from .units import (
     parse_int,
     parse_port,
     parse_size,
+    plural,
     quote,
     shorten_quoted,
 )
@@ -147,7 +148,7 @@ def _workers(text: str) -> int:
     most, cpus = supervisor.max_workers()
     if value > most:
         raise ValueError(f"invalid count {value}: at most {most} ({WORKERS_PER_CPU} per CPU, "
-                         f"{cpus} CPU{'s' if cpus != 1 else ''} here)")
+                         f"{cpus} CPU{plural(cpus)} here)")
     return value
 
 
@@ -396,7 +397,7 @@ def _ping_once(args: argparse.Namespace, times: list[float]) -> int:
 
 
 def _ping_summary(target: str, times: list[float], note: str = "") -> str:
-    return (f"{len(times)} ping{'s' if len(times) != 1 else ''} to {target}{note}, all intact: "
+    return (f"{len(times)} ping{plural(len(times))} to {target}{note}, all intact: "
             f"time min/avg/max = {min(times):.3f}/{sum(times) / len(times):.3f}/"
             f"{max(times):.3f} ms")
 
