@@ -193,9 +193,10 @@ FD_RESERVE = 16
 
 @dataclass(frozen=True)
 class Lane:
-    """One thread's share of the run: a ClientGroup driving many connections, whose
-    sockets it keeps open until the end (a failure's hint reads their TCP state) and
-    the sockets' indexes in it; or, for connect-each, one session of its own."""
+    """One thread's share of the run: a ClientGroup driving many connections, and their
+    sockets in the order the group numbers them, kept open until the end (a failure's
+    hint reads their TCP state); or, for connect-each, one session of its own and its
+    message count."""
 
     group: ClientGroup | None = None
     socks: tuple[socket.socket, ...] = ()
@@ -248,9 +249,10 @@ class LoadGenerator:
     def _check_fds(self) -> None:
         """Raise the soft fd limit as ``serve`` does; ValueError if -c cannot fit under it."""
         limit = raise_nofile_limit()
-        need = self.config.connections + self.threads + FD_RESERVE
+        epoll_sets = 0 if self.config.connect_each else self.threads
+        need = self.config.connections + epoll_sets + FD_RESERVE
         have = limit - open_fds()
-        if need > have + FD_RESERVE:
+        if need > have:
             raise ValueError(
                 f"{self.config.connections} connections need about {need} file descriptors, "
                 f"but this process may open {max(0, have)} more (RLIMIT_NOFILE {limit}; "
