@@ -154,7 +154,7 @@ def test_message_size_cap() -> None:
         EchoServer(("127.0.0.1", 0), mode="message", size=MAX_MESSAGE_SIZE + 1)
     EchoServer(("127.0.0.1", 0), mode="message", size=MAX_MESSAGE_SIZE).close()
     line = assert_one_line_error(cli("serve", "--port", "0", "--size", "65MiB"), 2)
-    assert "above the limit of 67108864 bytes (64 MiB)" in line
+    assert "argument --size: invalid size '65MiB': at most 64 MiB" in line
 
 
 def test_help_documents_every_default() -> None:
