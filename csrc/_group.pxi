@@ -174,9 +174,10 @@ cdef class ClientGroup(ClientLoop):
         half-closes each connection at its end and waits for the server's close.
 
         Once time is up or stop() is called, no message starts, and what is in
-        flight gets ``drain`` seconds (< 0: the timeout) to come back; after that
-        the run ends on time, and each connection still owed an echo (or the
-        server's close) is counted in ``unfinished``: not verified, and no error.
+        flight gets ``drain`` seconds to come back (< 0: as long as it takes, within
+        the timeout); after that the run ends on time, each connection still owed
+        an echo counted in ``unfinished`` (not verified, and no error), and one
+        that only awaited the server's close done.
         Returns True when every connection's echo came back intact.
         """
         cdef int i
