@@ -319,8 +319,18 @@ def _report(prog: str, result: EchoResult, say: Callable[[str], None]) -> int:
     return EXIT_OK
 
 
+def _check_client_core(args: argparse.Namespace) -> None:
+    """A client command's --core, refused in one line naming the option when it cannot
+    run here (not built, not Linux), before anything connects."""
+    try:
+        cores.load(args.core)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"argument --core: {exc}") from None
+
+
 def _client(args: argparse.Namespace) -> int:
     host, port = args.target
+    _check_client_core(args)
     try:
         client = EchoClient(host, port, size=args.size, count=args.count, mode=args.mode,
                             timeout=args.timeout, seed=args.seed, core=args.core)
@@ -359,6 +369,7 @@ def _ping(args: argparse.Namespace) -> int:
     """Ping after ping; stopped by Ctrl-C, the summary of those done so far (as iputils
     ping prints its statistics), then exit 130."""
     host, port = args.target
+    _check_client_core(args)
     times: list[float] = []
     try:
         for i in range(args.count):
@@ -470,6 +481,7 @@ def _bench(args: argparse.Namespace) -> int:
         duration=None if args.count else (args.duration or BENCH_DURATION), count=args.count,
         mode=args.mode, rate=args.rate, connect_each=args.connect_each, core=args.core,
         timeout=args.timeout, interval=args.interval, seed=args.seed, threads=args.threads)
+    _check_client_core(args)
     try:
         gen = loadgen.LoadGenerator(bench)
     except (ValueError, RuntimeError) as exc:

@@ -175,14 +175,18 @@ WITHOUT_CYTHON = (
 @pytest.mark.parametrize("args", [
     ("client", "127.0.0.1:1", "--core", "cython"),
     ("ping", "127.0.0.1:1", "--core", "cython"),
+    ("bench", "127.0.0.1:1", "--core", "cython"),
     ("serve", "--port", "0", "--core", "cython"),
     ("demo", "--core", "cython"),
+    ("client", "127.0.0.1:1", "--core", "splice"),
+    ("bench", "127.0.0.1:1", "--core", "splice"),
 ])
-def test_core_cython_when_not_built_is_a_usage_error(args: tuple[str, ...]) -> None:
+def test_a_core_that_is_not_built_is_one_line_naming_core(args: tuple[str, ...]) -> None:
     result = subprocess.run([sys.executable, "-c", WITHOUT_CYTHON, *args], capture_output=True,
                             text=True, timeout=60)
     line = assert_one_line_error(result, 2)
-    assert "Cython core is not built" in line
+    assert "argument --core: the " in line, line
+    assert "Cython core is not built" in line or "splice core needs" in line, line
 
 
 def test_without_cython_auto_falls_back_to_python() -> None:
