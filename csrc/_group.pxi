@@ -5,7 +5,7 @@
 
 from libc.stdlib cimport realloc
 from libc.string cimport memset
-from _netio cimport pte_epoll_wait_ns
+from _netio cimport pte_epoll_wait_ns, pte_connect_start
 from _sys cimport (epoll_event, epoll_create1, epoll_ctl, EPOLLIN, EPOLLOUT, EPOLL_CTL_ADD,
                    EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLL_CLOEXEC)
 
@@ -15,6 +15,7 @@ cdef enum:
     CLOSING = 2   # half-closed after its last message: waiting for the server's close
     DONE = 3
     FAILED = 4
+    CONNECTING = 5  # its own connection (connect()), not yet established
     EVENTS_MAX = 512
     SCAN_NS = 20000000  # how often timeouts are looked for: 20 ms
     STEP_ROUNDS = 8     # send/recv rounds one connection gets before the others' turn
@@ -22,6 +23,8 @@ cdef enum:
 
 cdef struct Conn:
     int fd
+    bint owned                # the group opened the fd (connect()), and closes it
+    pte_addr addr             # where an owned connection goes
     int state
     unsigned int watched      # the epoll events registered now (0: not in the set)
     int err                   # what ended it: an errno, or 0 for an echo not intact
@@ -100,6 +103,9 @@ cdef class ClientGroup(ClientLoop):
         self.epfd = epfd
 
     def __dealloc__(self):
+        cdef int i
+        for i in range(self.n):  # a run() a signal handler's exception cut short
+            self._close_own(i)
         if self.epfd >= 0:
             close(self.epfd)
         free(self.conns)
@@ -118,6 +124,16 @@ cdef class ClientGroup(ClientLoop):
             raise ValueError("fd and count must not be negative")
         if count > MAX_BYTES // self.size:  # 64-bit stream offsets must not overflow
             raise ValueError(f"size x count is too large: at most {MAX_BYTES} bytes a run")
+        self._grow()
+        memset(&self.conns[self.n], 0, sizeof(Conn))
+        self.conns[self.n].fd = fd
+        self.conns[self.n].count = count
+        self.conns[self.n].mismatch_offset = -1
+        self.n += 1
+        return self.n - 1
+
+    cdef int _grow(self) except -1:
+        """Room for one more connection."""
         cdef int cap
         cdef void *p
         if self.n == self.capacity:
@@ -135,12 +151,21 @@ cdef class ClientGroup(ClientLoop):
                 raise MemoryError()
             self.heap_conn = <int *>p
             self.capacity = cap
-        memset(&self.conns[self.n], 0, sizeof(Conn))
-        self.conns[self.n].fd = fd
-        self.conns[self.n].count = count
-        self.conns[self.n].mismatch_offset = -1
-        self.n += 1
-        return self.n - 1
+        return 0
+
+    def connect(self, bytes packed, int port, unsigned int scope_id=0, long long count=0):
+        """One more connection, which the group itself opens when run() starts (all at
+        once, without blocking), and closes at its end: a refused or unreachable
+        server, or a connect that takes longer than the timeout, fails that connection
+        alone.  ``packed``: a packed IPv4 (4 bytes) or IPv6 (16 bytes) address."""
+        cdef int i = self.add(0, count)
+        if pte_addr_set(&self.conns[i].addr, <const char *>packed, len(packed), port,
+                        scope_id) != 0:
+            self.n -= 1
+            raise ValueError("packed address must be 4 or 16 bytes")
+        self.conns[i].fd = -1
+        self.conns[i].owned = 1
+        return i
 
     def failures(self):
         """A GroupMember for each connection that failed, in the order they were added."""
@@ -216,9 +241,10 @@ cdef class ClientGroup(ClientLoop):
             c.touched = start
             if self.interval_ns > 0:  # spread the starts over one interval
                 c.first_due = start + self.interval_ns * i // self.n
-                self._push(c.first_due, i)
+            if c.owned:
+                self._open(i)
             else:
-                self._begin(i, start)
+                self._start(i, start)
         while self.active > 0:
             now = now_ns()
             if not self.stopping and (self.stop_flag or (self.deadline and now >= self.deadline)):
@@ -280,6 +306,27 @@ cdef class ClientGroup(ClientLoop):
         c.watched = want
         return 0
 
+    cdef int _start(self, int i, long long now) except -1 nogil:
+        """Connection i is connected: its first message goes now, or when it is due."""
+        if self.interval_ns > 0 and self.conns[i].first_due > now:
+            self.conns[i].state = WAITING
+            self._watch(i, 0)
+            return self._push(self.conns[i].first_due, i)
+        return self._begin(i, self.conns[i].first_due if self.interval_ns > 0 else now)
+
+    cdef int _open(self, int i) except -1 nogil:
+        """Start connecting connection i, without blocking; it starts once connected."""
+        cdef Conn *c = &self.conns[i]
+        cdef int connecting
+        c.fd = pte_connect_start(&c.addr, &connecting)
+        if c.fd < 0:
+            return self._fail(i, errno)
+        if not connecting:
+            return self._start(i, now_ns())
+        c.state = CONNECTING
+        c.touched = now_ns()
+        return self._watch(i, EPOLLOUT)
+
     cdef int _begin(self, int i, long long due) except -1 nogil:
         """Start connection i's next message (or its stream), due at ``due``."""
         cdef Conn *c = &self.conns[i]
@@ -311,6 +358,10 @@ cdef class ClientGroup(ClientLoop):
         cdef int rounds = 0
         if c.state == CLOSING:
             return self._await_close(i)
+        if c.state == CONNECTING:
+            if pte_connect_result(c.fd) != 0:
+                return self._fail(i, errno)
+            return self._start(i, now_ns())
         if c.state != BUSY:
             return 0
         if ready & ~(EPOLLIN | EPOLLOUT):  # EPOLLERR, EPOLLHUP: the calls say what happened
@@ -435,7 +486,16 @@ cdef class ClientGroup(ClientLoop):
     cdef int _retire(self, int i, int state) except -1 nogil:
         self.conns[i].state = state
         self.active -= 1
-        return self._watch(i, 0)
+        self._watch(i, 0)
+        return self._close_own(i)
+
+    cdef int _close_own(self, int i) noexcept nogil:
+        """Close connection i's fd if the group opened it (closing leaves the epoll set)."""
+        if self.conns[i].owned and self.conns[i].fd >= 0:
+            close(self.conns[i].fd)
+            self.conns[i].fd = -1
+            self.conns[i].watched = 0
+        return 0
 
     cdef int _stop_all(self, long long now) except -1 nogil:
         """Time is up (or stop()): no new messages; a stream stops sending where it is."""
@@ -446,6 +506,9 @@ cdef class ClientGroup(ClientLoop):
             self.drain_end = now + self.drain_ns + 1  # never 0: 0 means "no drain end"
         while self.heap_n:
             self._end(self._pop())
+        for i in range(self.n):  # not connected yet: nothing owed, nothing to check
+            if self.conns[i].state == CONNECTING:
+                self._retire(i, DONE)
         if self.lockstep:
             return 0
         for i in range(self.n):
@@ -461,10 +524,12 @@ cdef class ClientGroup(ClientLoop):
         (left in the epoll set, which goes with the group: no call per connection)."""
         cdef int i
         for i in range(self.n):
-            if self.conns[i].state == BUSY or self.conns[i].state == CLOSING:
+            if (self.conns[i].state == BUSY or self.conns[i].state == CLOSING
+                    or self.conns[i].state == CONNECTING):
                 self.unfinished += self.conns[i].state == BUSY
                 self.conns[i].state = DONE
                 self.active -= 1
+                self._close_own(i)
         return 0
 
     cdef int _scan(self, long long now) except -1 nogil:
@@ -474,7 +539,8 @@ cdef class ClientGroup(ClientLoop):
         cdef Conn *c
         for i in range(self.n):
             c = &self.conns[i]
-            if c.state == BUSY and self.timeout_ns >= 0 and now - c.touched > self.timeout_ns:
+            if ((c.state == BUSY or c.state == CONNECTING) and self.timeout_ns >= 0
+                    and now - c.touched > self.timeout_ns):
                 self._fail(i, ETIMEDOUT)
             elif c.state == CLOSING and now >= c.touched:
                 self._retire(i, DONE)

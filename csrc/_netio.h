@@ -92,6 +92,29 @@ static int pte_connect_result(int fd) {
     return 0;
 }
 
+/* A non-blocking TCP socket for `a` with TCP_NODELAY, its connect() started; the fd.
+ * *connecting says the kernel goes on connecting (EINPROGRESS, or a signal came):
+ * wait until the fd is writable, then read pte_connect_result().  -1 with errno set
+ * when it failed at once (refused, no route), the fd closed again. */
+static int pte_connect_start(const pte_addr *a, int *connecting) {
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1, err;
+    *connecting = 0;
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+        return fd;
+    if (errno == EINPROGRESS || errno == EINTR) {
+        *connecting = 1;
+        return fd;
+    }
+    err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+}
+
 /* A pipe for splice(), sized to `size` bytes where the kernel lets us. */
 static int pte_pipe(int fds[2], int size) {
     if (pipe2(fds, O_CLOEXEC) != 0)

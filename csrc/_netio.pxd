@@ -11,6 +11,7 @@ cdef extern from "_netio.h" nogil:
     int pte_socket(const pte_addr *a, int timeout_ms)
     int pte_connect(int fd, const pte_addr *a)
     int pte_connect_result(int fd)
+    int pte_connect_start(const pte_addr *a, int *connecting)
     int pte_pipe(int fds[2], int size)
     ssize_t pte_splice(int fd_in, int fd_out, size_t n)
     int pte_sleep_until(long long due_ns)

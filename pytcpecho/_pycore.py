@@ -17,6 +17,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .constants import (
     BLOCK,
@@ -418,7 +419,7 @@ class ConnectEachSession(ClientSession):
 
 # -- many connections per thread -----------------------------------------------------
 
-_WAITING, _BUSY, _CLOSING, _DONE, _FAILED = range(5)
+_WAITING, _BUSY, _CLOSING, _DONE, _FAILED, _CONNECTING = range(6)
 _SCAN_NS = 20_000_000
 _READABLE, _WRITABLE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _STEP_ROUNDS = 8
@@ -430,6 +431,8 @@ class GroupMember:
     def __init__(self, index: int, fd: int) -> None:
         self.index = index
         self.fd = fd
+        self.own: socket.socket | None = None  # the group opened it (connect())
+        self.address: tuple[int, tuple[Any, ...]] | None = None
         self.error: OSError | None = None
         self.state = _WAITING
         self.count = 0
@@ -487,6 +490,20 @@ class ClientGroup(_ClientLoop):
         self._members.append(member)
         return member.index
 
+    def connect(self, packed: bytes, port: int, scope_id: int = 0, count: int = 0) -> int:
+        """One more connection, which the group opens itself (see the Cython core's)."""
+        families = {4: socket.AF_INET, 16: socket.AF_INET6}
+        if len(packed) not in families:
+            raise ValueError("packed address must be 4 or 16 bytes")
+        index = self.add(0, count)
+        member = self._members[index]
+        family = families[len(packed)]
+        host = socket.inet_ntop(family, packed)
+        member.fd = -1
+        member.address = (family, (host, port, 0, scope_id) if family == socket.AF_INET6
+                          else (host, port))
+        return index
+
     def failures(self) -> list[GroupMember]:
         for m in self._members:
             m.messages = m.done if self._lockstep else m.bytes_received // self._size
@@ -524,9 +541,10 @@ class ClientGroup(_ClientLoop):
             m.touched = start
             if self._interval_ns > 0:  # spread the starts over one interval
                 m.first_due = start + self._interval_ns * m.index // n
-                self._push(m.first_due, m)
+            if m.address is not None:
+                self._open(m)
             else:
-                self._begin(m, start)
+                self._start(m, start)
         while self._active > 0:
             now = time.monotonic_ns()
             if not self._stopping and (self._stop or (self._deadline and now >= self._deadline)):
@@ -570,6 +588,35 @@ class ClientGroup(_ClientLoop):
             self._selector.register(m.fd, want, m)
         m.watched = want
 
+    def _start(self, m: GroupMember, now: int) -> None:
+        """m is connected: its first message goes now, or when it is due."""
+        if self._interval_ns > 0 and m.first_due > now:
+            m.state = _WAITING
+            self._watch(m, 0)
+            self._push(m.first_due, m)
+        else:
+            self._begin(m, m.first_due if self._interval_ns > 0 else now)
+
+    def _open(self, m: GroupMember) -> None:
+        """Start connecting m without blocking; it starts once connected."""
+        assert m.address is not None
+        family, address = m.address
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        set_nodelay(sock)
+        err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS, errno.EINTR):
+            sock.close()
+            self._fail(m, OSError(err, os.strerror(err)))
+            return
+        m.own, m.fd = sock, sock.fileno()
+        if err == 0:
+            self._start(m, time.monotonic_ns())
+            return
+        m.state = _CONNECTING
+        m.touched = time.monotonic_ns()
+        self._watch(m, _WRITABLE)
+
     def _begin(self, m: GroupMember, due: int) -> None:
         m.state = _BUSY
         m.due = due
@@ -587,6 +634,13 @@ class ClientGroup(_ClientLoop):
         (see the Cython core's _step)."""
         if m.state == _CLOSING:
             self._await_close(m)
+            return
+        if m.state == _CONNECTING:
+            assert m.own is not None
+            if err := m.own.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._fail(m, OSError(err, os.strerror(err)))
+            else:
+                self._start(m, time.monotonic_ns())
             return
         if m.state != _BUSY:
             return
@@ -717,6 +771,9 @@ class ClientGroup(_ClientLoop):
         m.state = state
         self._active -= 1
         self._watch(m, 0)
+        if m.own is not None:  # the group opened it: the group closes it
+            m.own.close()
+            m.own, m.fd = None, -1
 
     def _stop_all(self, now: int) -> None:
         self._stopping = True
@@ -724,6 +781,9 @@ class ClientGroup(_ClientLoop):
             self._drain_end = now + self._drain_ns + 1
         while self._heap:
             self._end(self._members[heapq.heappop(self._heap)[1]])
+        for m in self._members:  # not connected yet: nothing owed, nothing to check
+            if m.state == _CONNECTING:
+                self._retire(m, _DONE)
         if self._lockstep:
             return
         for m in self._members:
@@ -734,13 +794,13 @@ class ClientGroup(_ClientLoop):
 
     def _abandon(self) -> None:
         for m in self._members:
-            if m.state in (_BUSY, _CLOSING):
+            if m.state in (_BUSY, _CLOSING, _CONNECTING):
                 self.unfinished += m.state == _BUSY
                 self._retire(m, _DONE)
 
     def _scan(self, now: int) -> None:
         for m in self._members:
-            if (m.state == _BUSY and self._timeout_ns >= 0
+            if (m.state in (_BUSY, _CONNECTING) and self._timeout_ns >= 0
                     and now - m.touched > self._timeout_ns):
                 self._fail(m, _timeout())
             elif m.state == _CLOSING and now >= m.touched:

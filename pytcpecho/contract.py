@@ -148,6 +148,12 @@ class ClientGroup(Timed, Protocol):
         """One more connected fd, for ``count`` messages (0: until the deadline); its index."""
         ...
 
+    def connect(self, packed: bytes, port: int, scope_id: int = ..., count: int = ...) -> int:
+        """One more connection, to a packed IPv4 or IPv6 address, that the group opens
+        itself when run() starts, without blocking, and closes at its end (a refused or
+        unreachable server, or a slow connect, fails that connection alone); its index."""
+        ...
+
     def failures(self) -> Sequence[GroupMember]:
         """Each connection that failed, in the order they were added."""
         ...

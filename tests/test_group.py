@@ -155,3 +155,65 @@ def test_misuse_is_refused_with_value_error(core: str) -> None:
         group(core, "datagram")
     with pytest.raises(ValueError, match="timeout must be positive"):
         group(core, timeout=0)
+
+
+# -- connections the group opens itself --------------------------------------------------
+
+LOOPBACK = socket.inet_pton(socket.AF_INET, LOCALHOST)
+
+
+@pytest.mark.timeout(60)
+def test_the_group_opens_and_closes_its_own_connections(core: str) -> None:
+    """connect(): opened without blocking when run() starts, closed at the end; a refused
+    one fails alone, as ConnectionRefusedError, having sent nothing."""
+    with running_server(mode="message", size=SIZE) as server, socket.socket() as closed:
+        closed.bind((LOCALHOST, 0))  # bound, not listening: a connect is refused
+        g = group(core)
+        for _ in range(3):
+            g.connect(LOOPBACK, server.address[1], 0, 5)
+        refused = g.connect(LOOPBACK, closed.getsockname()[1], 0, 5)
+        assert not g.run()
+        [failure] = g.failures()
+        assert failure.index == refused and failure.fd == -1
+        assert isinstance(failure.error, ConnectionRefusedError)
+        assert failure.bytes_sent == 0
+        assert g.messages == 15 and g.connections == 4
+        # every connection the group opened is closed again: the server saw them end
+        assert server.wait(lambda s: s.total == 3 and s.active == 0, 10)
+
+
+@pytest.mark.timeout(60)
+def test_a_connect_that_never_completes_times_out_alone(core: str) -> None:
+    """A listener whose accept queue is full drops new SYNs: that connect stays in
+    progress until the group's timeout, while another connection runs."""
+    with running_server(mode="message", size=SIZE) as server, \
+            socket.create_server((LOCALHOST, 0), backlog=0) as full:
+        port = full.getsockname()[1]
+        queued = []
+        for _ in range(4):  # fill the accept queue (never accepted)
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((LOCALHOST, port))
+            queued.append(s)
+        try:
+            g = group(core, timeout=0.5)
+            g.connect(LOOPBACK, server.address[1], 0, 0)
+            stuck = g.connect(LOOPBACK, port, 0, 1)
+            started = time.monotonic()
+            assert not g.run(duration=1.5)
+            took = time.monotonic() - started
+        finally:
+            for s in queued:
+                s.close()
+    [failure] = g.failures()
+    assert failure.index == stuck
+    assert isinstance(failure.error, TimeoutError), failure.error
+    assert failure.bytes_sent == 0
+    assert g.messages > 0  # the other connection ran its 1.5 s
+    assert took < 10
+
+
+@pytest.mark.timeout(30)
+def test_connect_takes_packed_addresses_only(core: str) -> None:
+    with pytest.raises(ValueError, match="4 or 16 bytes"):
+        group(core).connect(b"127.0.0.1", 7)
