@@ -43,6 +43,26 @@ def _timeout() -> TimeoutError:
     return TimeoutError(errno.ETIMEDOUT, "timed out")
 
 
+def _os_error(err: int) -> OSError:
+    """The OSError subclass for errno ``err`` (ConnectionRefusedError for ECONNREFUSED)."""
+    return OSError(err, os.strerror(err))
+
+
+Address = tuple[int, tuple[Any, ...]]
+
+
+def _sockaddr(packed: bytes, port: int, scope_id: int) -> Address:
+    """(family, socket address) for a packed IPv4 (4 bytes) or IPv6 (16 bytes) address,
+    the scope id being the interface of a link-local IPv6 address, as the Cython core's
+    pte_addr_set() makes it; ValueError for any other length."""
+    families = {4: socket.AF_INET, 16: socket.AF_INET6}
+    if len(packed) not in families:
+        raise ValueError("packed address must be 4 or 16 bytes")
+    family = families[len(packed)]
+    host = socket.inet_ntop(family, packed)
+    return family, (host, port, 0, scope_id) if family == socket.AF_INET6 else (host, port)
+
+
 def _buffer(n: int) -> mmap.mmap:
     """A zeroed buffer whose pages become resident only once written.
 
@@ -368,20 +388,13 @@ class ConnectEachSession(ClientSession):
                  timeout: float | None = None) -> None:
         super().__init__(fd, size, base, mode, timeout)
         self._timeout = timeout
-        self._address: tuple[int, tuple[str, int] | tuple[str, int, int, int]] | None = None
+        self._address: Address | None = None
         self.connections = 0
 
     def target(self, packed: bytes, port: int, scope_id: int = 0) -> None:
         """Server address: packed IPv4 (4 bytes) or IPv6 (16 bytes), port, and the
         interface index of a link-local IPv6 address."""
-        families = {4: socket.AF_INET, 16: socket.AF_INET6}
-        if len(packed) not in families:
-            raise ValueError("packed address must be 4 or 16 bytes")
-        family = families[len(packed)]
-        host = socket.inet_ntop(family, packed)
-        address: tuple[str, int] | tuple[str, int, int, int] = (
-            (host, port, 0, scope_id) if family == socket.AF_INET6 else (host, port))
-        self._address = (family, address)
+        self._address = _sockaddr(packed, port, scope_id)
 
     def run_each(self, count: int, interval: float = 0.0, duration: float = 0.0) -> bool:
         """``count`` connections (0: until ``duration`` or stop()); True if all intact."""
@@ -432,7 +445,7 @@ class GroupMember:
         self.index = index
         self.fd = fd
         self.own: socket.socket | None = None  # the group opened it (connect())
-        self.address: tuple[int, tuple[Any, ...]] | None = None
+        self.address: Address | None = None
         self.error: OSError | None = None
         self.state = _WAITING
         self.count = 0
@@ -492,16 +505,10 @@ class ClientGroup(_ClientLoop):
 
     def connect(self, packed: bytes, port: int, scope_id: int = 0, count: int = 0) -> int:
         """One more connection, which the group opens itself (see the Cython core's)."""
-        families = {4: socket.AF_INET, 16: socket.AF_INET6}
-        if len(packed) not in families:
-            raise ValueError("packed address must be 4 or 16 bytes")
+        address = _sockaddr(packed, port, scope_id)
         index = self.add(0, count)
-        member = self._members[index]
-        family = families[len(packed)]
-        host = socket.inet_ntop(family, packed)
-        member.fd = -1
-        member.address = (family, (host, port, 0, scope_id) if family == socket.AF_INET6
-                          else (host, port))
+        self._members[index].fd = -1
+        self._members[index].address = address
         return index
 
     def failures(self) -> list[GroupMember]:
@@ -607,7 +614,7 @@ class ClientGroup(_ClientLoop):
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS, errno.EINTR):
             sock.close()
-            self._fail(m, OSError(err, os.strerror(err)))
+            self._fail(m, _os_error(err))
             return
         m.own, m.fd = sock, sock.fileno()
         if err == 0:
@@ -638,7 +645,7 @@ class ClientGroup(_ClientLoop):
         if m.state == _CONNECTING:
             assert m.own is not None
             if err := m.own.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                self._fail(m, OSError(err, os.strerror(err)))
+                self._fail(m, _os_error(err))
             else:
                 self._start(m, time.monotonic_ns())
             return
