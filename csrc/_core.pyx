@@ -340,6 +340,9 @@ cdef class ClientLoop:
     cdef size_t chunk
     cdef long long *hist
     cdef int stop_flag
+    cdef bint watch_signals
+    cdef long long signals_checked_ns
+    cdef unsigned int spins
     cdef readonly long long bytes_sent
     cdef readonly long long bytes_received
     cdef readonly long long messages
@@ -390,6 +393,28 @@ cdef class ClientLoop:
         """Ask run() to finish after the message in flight (safe from any thread)."""
         self.stop_flag = 1
 
+    cdef int _watch_signals_here(self) except -1:
+        """Called by run(), with the GIL: only the main thread runs Python's signal
+        handlers, and there a fast loop that never blocks (so is never interrupted)
+        must look for them itself (_poll_signals)."""
+        self.watch_signals = threading.current_thread() is threading.main_thread()
+        self.signals_checked_ns = now_ns()
+        return 0
+
+    cdef inline int _poll_signals(self, unsigned int every) except -1 nogil:
+        """In the main thread, run Python's signal handlers (Ctrl-C) every 50 ms or so:
+        the GIL is taken at most 20 times a second, and never in other threads.  The
+        clock is read on one call in ``every`` + 1 (a mask: 63, or 0 for each call)."""
+        cdef long long t
+        if self.watch_signals:
+            self.spins += 1
+            if self.spins & every == 0:
+                t = now_ns()
+                if t - self.signals_checked_ns >= SIGNAL_POLL_NS:
+                    self.signals_checked_ns = t
+                    check_signals()
+        return 0
+
     def histogram(self):
         """The latency histogram's counts, one per bucket."""
         return [self.hist[i] for i in range(NBUCKETS)]
@@ -420,9 +445,6 @@ cdef class ClientSession(ClientLoop):
     cdef long long window_off
     cdef size_t window_len
     cdef int shut
-    cdef bint watch_signals
-    cdef long long signals_checked_ns
-    cdef unsigned int spins
     cdef readonly long long mismatch_offset
     cdef readonly bint short_echo
     cdef readonly long long long_echo
@@ -453,10 +475,7 @@ cdef class ClientSession(ClientLoop):
             raise ValueError("give a count or a duration")
         if count > MAX_BYTES // self.size:  # 64-bit stream offsets must not overflow
             raise ValueError(f"size x count is too large: at most {MAX_BYTES} bytes a run")
-        # Only the main thread runs Python's signal handlers; there a fast loop
-        # that never blocks (so is never interrupted) must look for them itself.
-        self.watch_signals = threading.current_thread() is threading.main_thread()
-        self.signals_checked_ns = now_ns()
+        self._watch_signals_here()
         with nogil:
             if self.lockstep:
                 rc = self._lockstep(count, interval_ns, deadline, finish)
@@ -465,19 +484,6 @@ cdef class ClientSession(ClientLoop):
             if rc == 0 and finish and not self.stop_flag:
                 rc = self._await_eof()
         return rc == 0
-
-    cdef inline int _poll_signals(self) except -1 nogil:
-        """In the main thread, run Python's signal handlers (Ctrl-C) every 50 ms or so:
-        the GIL is taken at most 20 times a second, and never in other threads."""
-        cdef long long t
-        if self.watch_signals:
-            self.spins += 1
-            if self.spins & 63 == 0:
-                t = now_ns()
-                if t - self.signals_checked_ns >= SIGNAL_POLL_NS:
-                    self.signals_checked_ns = t
-                    check_signals()
-        return 0
 
     cdef int _await_eof(self) except -1 nogil:
         """After the last echo, the server's close: any byte before it is a long echo.
@@ -576,7 +582,7 @@ cdef class ClientSession(ClientLoop):
         cdef pollfd pfd
         pfd.fd = self.fd
         while recv_off < end:
-            self._poll_signals()
+            self._poll_signals(63)
             if send_off < end and ((stoppable and self.stop_flag)
                                    or (deadline and now_ns() >= deadline)):
                 end = send_off  # time is up: stop sending, collect what is owed

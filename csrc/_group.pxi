@@ -86,8 +86,6 @@ cdef class ClientGroup(ClientLoop):
     cdef bint ran
     cdef long long interval_ns
     cdef long long deadline
-    cdef bint watch_signals
-    cdef long long signals_checked_ns
     cdef readonly int failed
     cdef readonly int unfinished
 
@@ -158,11 +156,11 @@ cdef class ClientGroup(ClientLoop):
         once, without blocking), and closes at its end: a refused or unreachable
         server, or a connect that takes longer than the timeout, fails that connection
         alone.  ``packed``: a packed IPv4 (4 bytes) or IPv6 (16 bytes) address."""
-        cdef int i = self.add(0, count)
-        if pte_addr_set(&self.conns[i].addr, <const char *>packed, len(packed), port,
-                        scope_id) != 0:
-            self.n -= 1
+        cdef pte_addr addr
+        if pte_addr_set(&addr, <const char *>packed, len(packed), port, scope_id) != 0:
             raise ValueError("packed address must be 4 or 16 bytes")
+        cdef int i = self.add(0, count)
+        self.conns[i].addr = addr
         self.conns[i].fd = -1
         self.conns[i].owned = 1
         return i
@@ -220,8 +218,7 @@ cdef class ClientGroup(ClientLoop):
         self.drain_ns = -1 if drain < 0 else <long long>(drain * 1e9)
         self.finish = finish
         self.interval_ns = <long long>(interval * 1e9)
-        self.watch_signals = threading.current_thread() is threading.main_thread()
-        self.signals_checked_ns = now_ns()
+        self._watch_signals_here()
         if duration > 0:
             self.deadline = now_ns() + <long long>(duration * 1e9)
         with nogil:
@@ -278,17 +275,7 @@ cdef class ClientGroup(ClientLoop):
                 self._step(events[k].data.u32, events[k].events)
                 if self.drain_end and k & 63 == 63 and now_ns() >= self.drain_end:
                     break  # the drain is over: the rest of this batch is abandoned too
-            self._poll_signals()
-        return 0
-
-    cdef inline int _poll_signals(self) except -1 nogil:
-        """In the main thread, run Python's signal handlers every 50 ms or so."""
-        cdef long long t
-        if self.watch_signals:
-            t = now_ns()
-            if t - self.signals_checked_ns >= SIGNAL_POLL_NS:
-                self.signals_checked_ns = t
-                check_signals()
+            self._poll_signals(0)  # once per wake-up: the clock on every call
         return 0
 
     cdef int _watch(self, int i, unsigned int want) except -1 nogil:
@@ -415,8 +402,8 @@ cdef class ClientGroup(ClientLoop):
                     return self._fail(i, errno)
             if progressed:
                 c.touched = now_ns()
-            if c.recv_off >= c.end:
-                self._complete(i)
+            if c.recv_off >= c.end:  # one clock read per message: touched is now
+                self._complete(i, c.touched if progressed else now_ns())
                 if c.state != BUSY:
                     return 0
                 ready |= EPOLLOUT  # the next message: its bytes go out at once
@@ -425,10 +412,10 @@ cdef class ClientGroup(ClientLoop):
                 break
         return self._watch(i, EPOLLIN | (EPOLLOUT if c.send_off < c.end else 0))
 
-    cdef int _complete(self, int i) except -1 nogil:
+    cdef int _complete(self, int i, long long now) except -1 nogil:
         """Connection i's message (or stream) came back whole: count it, go on or end."""
         cdef Conn *c = &self.conns[i]
-        cdef long long now = now_ns(), due
+        cdef long long due
         self._record(now - c.due)
         if not self.lockstep:
             return self._end(i)
