@@ -21,12 +21,17 @@ def check_seconds(name: str, value: float, least: float = MIN_TIMEOUT,
         raise ValueError(f"{name} must be {least:g} to {MAX_TIMEOUT:g} s{none}")
 
 
+def _cut(text: str) -> str:
+    """The first QUOTE_MAX characters of a longer ``text``, the last three '...'."""
+    return text[:QUOTE_MAX - 3] + "..."
+
+
 def quote(text: str) -> str:
     """``text`` quoted for an error message, cut to QUOTE_MAX characters with its length
     said when it is longer: a 5,000-digit value must not become a 5,000-digit line."""
     if len(text) <= QUOTE_MAX:
         return repr(text)
-    return f"{text[:QUOTE_MAX - 3] + '...'!r} ({len(text)} characters)"
+    return f"{_cut(text)!r} ({len(text)} characters)"
 
 
 _LONG_QUOTED = re.compile(rf"'([^'\n]{{{QUOTE_MAX + 1},}})'")
@@ -35,8 +40,7 @@ _LONG_QUOTED = re.compile(rf"'([^'\n]{{{QUOTE_MAX + 1},}})'")
 def shorten_quoted(message: str) -> str:
     """``message`` with every quoted value longer than QUOTE_MAX cut as quote() cuts it:
     for the messages others make (argparse's invalid choice, pytcpecho.switch's)."""
-    return _LONG_QUOTED.sub(lambda m: f"'{m[1][:QUOTE_MAX - 3]}...' ({len(m[1])} characters)",
-                            message)
+    return _LONG_QUOTED.sub(lambda m: f"'{_cut(m[1])}' ({len(m[1])} characters)", message)
 
 
 def parse_int(text: str, what: str = "number") -> int:
