@@ -324,21 +324,29 @@ def test_client_interval_prints_progress() -> None:
         client.wait_for(r"^Client finished\.$")
 
 
+def first_line_then_closed(*args: str, timeout: float) -> str:
+    """``pytcpecho ARGS | head -1``: the first line; then, its stdout closed, the command
+    must end with the status of a SIGPIPE and nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        proc.stdout.close()  # what head does after its one line
+        assert proc.wait(timeout=timeout) == 128 + signal.SIGPIPE
+        assert proc.stderr.read() == ""
+        return line
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_output_to_a_closed_pipe_ends_quietly() -> None:
     """`pytcpecho ping HOST -c 1000 | head -1`: no traceback, the status of a SIGPIPE."""
     with running_server() as server:
-        proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", "ping",
-                                 f"127.0.0.1:{server.address[1]}", "-c", "1000", "-i", "0.01"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None and proc.stderr is not None
-            assert ": intact, time=" in proc.stdout.readline()
-            proc.stdout.close()  # what head does after its one line
-            assert proc.wait(timeout=30) == 128 + signal.SIGPIPE
-            assert proc.stderr.read() == ""
-        finally:
-            proc.kill()
-            proc.wait()
+        line = first_line_then_closed("ping", f"127.0.0.1:{server.address[1]}", "-c", "1000",
+                                      "-i", "0.01", timeout=30)
+    assert ": intact, time=" in line
 
 
 def test_server_whose_log_pipe_closes_serves_on() -> None:
@@ -595,17 +603,7 @@ def test_workers_have_an_upper_bound() -> None:
 def test_demo_to_a_closed_pipe_ends_quietly() -> None:
     """`pytcpecho demo | head -1`: every thread's line finds stdout gone; none may say so
     with a traceback, and the status is a SIGPIPE's, as for the other commands."""
-    proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", "demo"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline()
-        proc.stdout.close()  # what head does after its one line
-        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
-        assert proc.stderr.read() == ""
-    finally:
-        proc.kill()
-        proc.wait()
+    assert first_line_then_closed("demo", timeout=60)
 
 
 def test_ctrl_c_stops_ping_with_the_summary_so_far() -> None:
