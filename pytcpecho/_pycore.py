@@ -444,7 +444,8 @@ class GroupMember:
     def __init__(self, index: int, fd: int) -> None:
         self.index = index
         self.fd = fd
-        self.own: socket.socket | None = None  # the group opened it (connect())
+        self.sock: socket.socket | None = None  # over fd while the group runs
+        self.own = False  # the group opened it (connect()), and closes it
         self.address: Address | None = None
         self.error: OSError | None = None
         self.state = _WAITING
@@ -533,7 +534,10 @@ class ClientGroup(_ClientLoop):
         self._interval_ns = int(interval * 1e9)
         if duration > 0:
             self._deadline = time.monotonic_ns() + int(duration * 1e9)
-        with selectors.DefaultSelector() as self._selector:
+        with selectors.DefaultSelector() as self._selector, contextlib.ExitStack() as lent:
+            for m in self._members:  # one socket object each for the run, not one per call
+                if m.address is None:
+                    m.sock = lent.enter_context(Borrowed(m.fd))
             self._run()
         return self.failed == 0
 
@@ -583,6 +587,11 @@ class ClientGroup(_ClientLoop):
                 if self._drain_end and k & 63 == 63 and time.monotonic_ns() >= self._drain_end:
                     break  # the drain is over: the rest of this batch is abandoned too
 
+    @staticmethod
+    def _sock(m: GroupMember) -> socket.socket:
+        assert m.sock is not None, "a connection's socket is there while it runs"
+        return m.sock
+
     def _watch(self, m: GroupMember, want: int) -> None:
         if m.watched == want:
             return
@@ -616,7 +625,7 @@ class ClientGroup(_ClientLoop):
             sock.close()
             self._fail(m, _os_error(err))
             return
-        m.own, m.fd = sock, sock.fileno()
+        m.sock, m.own, m.fd = sock, True, sock.fileno()
         if err == 0:
             self._start(m, time.monotonic_ns())
             return
@@ -643,77 +652,76 @@ class ClientGroup(_ClientLoop):
             self._await_close(m)
             return
         if m.state == _CONNECTING:
-            assert m.own is not None
-            if err := m.own.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            if err := self._sock(m).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                 self._fail(m, _os_error(err))
             else:
                 self._start(m, time.monotonic_ns())
             return
         if m.state != _BUSY:
             return
-        with Borrowed(m.fd) as sock:
-            for _ in range(_STEP_ROUNDS):
-                progressed = False
-                if m.send_off < m.end and ready & _WRITABLE:
-                    want = min(self._chunk, m.end - m.send_off)
-                    try:
-                        r = sock.send(self._pattern.slice(m.send_off, want),
-                                      socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-                    except BlockingIOError:
-                        r = 0
-                    except OSError as exc:
-                        self._fail(m, exc)
-                        return
-                    m.send_off += r
-                    m.bytes_sent += r
-                    self.bytes_sent += r
-                    progressed = r > 0
-                    if r < want:  # the send buffer is full: wait until it is writable
-                        ready &= ~_WRITABLE
-                if m.last and m.send_off == m.end and not m.shut:
-                    with contextlib.suppress(OSError):  # the next recv() says what happened
-                        sock.shutdown(socket.SHUT_WR)
-                    m.shut = True
-                if m.recv_off < m.send_off and ready & _READABLE:
-                    want = min(self._chunk, m.send_off - m.recv_off)
-                    try:
-                        r = sock.recv_into(self._rbuf, want, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
+        sock = self._sock(m)
+        for _ in range(_STEP_ROUNDS):
+            progressed = False
+            if m.send_off < m.end and ready & _WRITABLE:
+                want = min(self._chunk, m.end - m.send_off)
+                try:
+                    r = sock.send(self._pattern.slice(m.send_off, want),
+                                  socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                except BlockingIOError:
+                    r = 0
+                except OSError as exc:
+                    self._fail(m, exc)
+                    return
+                m.send_off += r
+                m.bytes_sent += r
+                self.bytes_sent += r
+                progressed = r > 0
+                if r < want:  # the send buffer is full: wait until it is writable
+                    ready &= ~_WRITABLE
+            if m.last and m.send_off == m.end and not m.shut:
+                with contextlib.suppress(OSError):  # the next recv() says what happened
+                    sock.shutdown(socket.SHUT_WR)
+                m.shut = True
+            if m.recv_off < m.send_off and ready & _READABLE:
+                want = min(self._chunk, m.send_off - m.recv_off)
+                try:
+                    r = sock.recv_into(self._rbuf, want, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    ready &= ~_READABLE
+                except OSError as exc:
+                    self._fail(m, exc)
+                    return
+                else:
+                    if r < want:  # drained: wait until it is readable
                         ready &= ~_READABLE
-                    except OSError as exc:
-                        self._fail(m, exc)
+                    if r == 0:
+                        m.short_echo = True
+                        self._fail(m, None)
                         return
-                    else:
-                        if r < want:  # drained: wait until it is readable
-                            ready &= ~_READABLE
-                        if r == 0:
-                            m.short_echo = True
-                            self._fail(m, None)
-                            return
-                        bad = self._pattern.mismatch(memoryview(self._rbuf)[:r], m.recv_off)
-                        if bad >= 0:
-                            m.mismatch_offset = m.recv_off + bad
-                            m.bytes_received += bad
-                            self.bytes_received += bad
-                            self._fail(m, None)
-                            return
-                        before = m.recv_off
-                        m.recv_off += r
-                        m.bytes_received += r
-                        self.bytes_received += r
-                        if not self._lockstep:
-                            self.messages += m.recv_off // self._size - before // self._size
-                        progressed = True
-                if progressed:
-                    m.touched = time.monotonic_ns()
-                if m.recv_off >= m.end:
-                    self._complete(m)
-                    if m.state != _BUSY:
+                    bad = self._pattern.mismatch(memoryview(self._rbuf)[:r], m.recv_off)
+                    if bad >= 0:
+                        m.mismatch_offset = m.recv_off + bad
+                        m.bytes_received += bad
+                        self.bytes_received += bad
+                        self._fail(m, None)
                         return
-                    ready |= _WRITABLE  # the next message: its bytes go out at once
-                    continue
-                if not progressed:
-                    break
+                    before = m.recv_off
+                    m.recv_off += r
+                    m.bytes_received += r
+                    self.bytes_received += r
+                    if not self._lockstep:
+                        self.messages += m.recv_off // self._size - before // self._size
+                    progressed = True
+            if progressed:
+                m.touched = time.monotonic_ns()
+            if m.recv_off >= m.end:
+                self._complete(m)
+                if m.state != _BUSY:
+                    return
+                ready |= _WRITABLE  # the next message: its bytes go out at once
+                continue
+            if not progressed:
+                break
         self._watch(m, selectors.EVENT_READ | (selectors.EVENT_WRITE if m.send_off < m.end
                                                else 0))
 
@@ -740,8 +748,8 @@ class ClientGroup(_ClientLoop):
 
     def _end(self, m: GroupMember) -> None:
         if self._finish and not m.shut:
-            with contextlib.suppress(OSError), Borrowed(m.fd) as sock:
-                sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                self._sock(m).shutdown(socket.SHUT_WR)
             m.shut = True
         if not self._finish or self._stop:
             self._retire(m, _DONE)
@@ -753,16 +761,16 @@ class ClientGroup(_ClientLoop):
         self._await_close(m)
 
     def _await_close(self, m: GroupMember) -> None:
-        with Borrowed(m.fd) as sock:
-            try:
-                r = sock.recv_into(self._rbuf, self._chunk, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except ConnectionResetError:
-                r = 0
-            except OSError as exc:
-                self._fail(m, exc)
-                return
+        sock = self._sock(m)
+        try:
+            r = sock.recv_into(self._rbuf, self._chunk, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except ConnectionResetError:
+            r = 0
+        except OSError as exc:
+            self._fail(m, exc)
+            return
         if r > 0:
             m.long_echo = r
             self._fail(m, None)
@@ -778,9 +786,9 @@ class ClientGroup(_ClientLoop):
         m.state = state
         self._active -= 1
         self._watch(m, 0)
-        if m.own is not None:  # the group opened it: the group closes it
-            m.own.close()
-            m.own, m.fd = None, -1
+        if m.own and m.sock is not None:  # the group opened it: the group closes it
+            m.sock.close()
+            m.sock, m.fd = None, -1
 
     def _stop_all(self, now: int) -> None:
         self._stopping = True
