@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import json
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import config, loadgen, logs, serving, supervisor, switch
+from . import config, loadgen, logs, node, serving, supervisor, switch
 from . import core as cores
 from ._version import __version__
 from .client import EchoClient, EchoError, EchoResult, Progress
@@ -37,6 +39,16 @@ from .constants import (
     MAX_BYTES,
     MAX_MESSAGE_SIZE,
     MAX_TIMEOUT,
+    MESH_BULK_EVERY,
+    MESH_BULK_SIZE,
+    MESH_CONCURRENCY,
+    MESH_INTERVAL,
+    MESH_MAX_BULK,
+    MESH_MAX_CONCURRENCY,
+    MESH_MAX_PEERS,
+    MESH_METRICS_PORT,
+    MESH_RESOLVE_INTERVAL,
+    MESH_TIMEOUT,
     MIN_INTERVAL,
     MIN_TIMEOUT,
     MODES,
@@ -46,6 +58,7 @@ from .constants import (
 )
 from .contract import ContractError
 from .demo import run_demo
+from .mesh import MeshOptions
 from .server import serving_core
 from .sockets import listen_address, resolve_error
 from .status import (
@@ -200,17 +213,27 @@ def _fail(prog: str, message: str, status: int) -> int:
 def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("serve", help="run the echo server",
                        description="Echo every client's bytes back, one thread per client.")
+    _server_options(p, mesh=False)
+    p.add_argument("--metrics-port", type=PORT, default=None,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
+    p.set_defaults(run=_serve)
+    config.apply_env(p)
+
+
+def _server_options(p: argparse.ArgumentParser, mesh: bool) -> None:
+    """The options of the echo server, for serve and (but the mode) for mesh."""
     p.add_argument("--host", default="",
                    help="address to listen on (default: all, IPv4 and IPv6)")
     p.add_argument("--port", type=PORT, default=DEFAULT_PORT,
                    help=f"TCP port, 0 for any free one (default: {DEFAULT_PORT})")
-    p.add_argument("--mode", choices=MODES, default="stream",
-                   help="stream: echo bytes as they come (RFC 862); message: read --size "
-                        "bytes, send them back, repeat (default: stream)")
-    p.add_argument("--size", type=MESSAGE_SIZE, default=DEFAULT_SIZE,
-                   help=f"message size in message mode, at most {MAX_MESSAGE_SIZE >> 20}MiB: "
-                        "each connection holds a buffer of this size "
-                        f"(default: {DEFAULT_SIZE}, e.g. 100KiB, 1MiB)")
+    if not mesh:
+        p.add_argument("--mode", choices=MODES, default="stream",
+                       help="stream: echo bytes as they come (RFC 862); message: read --size "
+                            "bytes, send them back, repeat (default: stream)")
+        p.add_argument("--size", type=MESSAGE_SIZE, default=DEFAULT_SIZE,
+                       help=f"message size in message mode, at most "
+                            f"{MAX_MESSAGE_SIZE >> 20}MiB: each connection holds a buffer of "
+                            f"this size (default: {DEFAULT_SIZE}, e.g. 100KiB, 1MiB)")
     p.add_argument("--core", choices=cores.CORES, default="auto",
                    help="echo loop implementation (default: auto, the Cython one if built)")
     p.add_argument("--max-clients", type=COUNT, default=DEFAULT_MAX_CLIENTS,
@@ -234,38 +257,57 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--worker-idle", type=SECONDS, default=DEFAULT_WORKER_IDLE,
                    help="seconds an idle connection thread waits for the next client before "
                         f"it exits (default: {DEFAULT_WORKER_IDLE:g})")
-    p.add_argument("--workers", type=WORKERS, default=1,
-                   help="server processes sharing the port (SO_REUSEPORT), restarted if "
-                        f"they die, at most {WORKERS_PER_CPU} per CPU "
-                        f"({supervisor.max_workers()[0]} here) (default: 1)")
+    if not mesh:
+        p.add_argument("--workers", type=WORKERS, default=1,
+                       help="server processes sharing the port (SO_REUSEPORT), restarted if "
+                            f"they die, at most {WORKERS_PER_CPU} per CPU "
+                            f"({supervisor.max_workers()[0]} here) (default: 1)")
     p.add_argument("--reuse-port", action="store_true",
                    help="let other processes listen on the same port (SO_REUSEPORT)")
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
                    help="text: plain lines; json: one JSON object per line (default: text)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no per-connection lines (variable: 1/0, true/false, yes/no, on/off)")
+    if mesh:
+        p.add_argument("--log-connections", action="store_true",
+                       help="a line for each connection served, as serve writes (default: "
+                            "off: every peer's checks would write them; variable: 1/0, "
+                            "true/false, yes/no, on/off)")
+    else:
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="no per-connection lines (variable: 1/0, true/false, yes/no, "
+                            "on/off)")
     p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="timestamps and detail (variable: as for --quiet)")
-    p.set_defaults(run=_serve)
-    config.apply_env(p)
+                   help="timestamps and detail (variable: as for --quiet)" if not mesh
+                   else "timestamps and detail, each check's scheduling (variable: 1/0, ...)")
 
 
 def _serve(args: argparse.Namespace) -> int:
     """serve: options from the environment too, and one process or a supervisor of many."""
+    options = _serve_options(args)
+    if args.workers > 1:
+        if args.metrics_port is not None:
+            raise UsageError("--metrics-port serves one process's counters: use it without "
+                             "--workers (or run one serve per port)")
+        return supervisor.run(options, args.workers)
+    if args.metrics_port is None:
+        return serving.run(options)
+    core = serving_core(args.core, args.mode).NAME
+    return serving.run(options, companion=lambda stats: node.metrics(
+        args.host, args.metrics_port, core, stats))
+
+
+def _serve_options(args: argparse.Namespace) -> serving.ServeOptions:
+    """The serve process's options, once the environment's are in and checked."""
     try:
         config.finish(args)
     except config.EnvError as exc:
         raise UsageError(str(exc)) from None
     _check_serve(args)
-    options = serving.ServeOptions(
+    return serving.ServeOptions(
         host=args.host, port=args.port, mode=args.mode, size=args.size, core=args.core,
         max_clients=args.max_clients, idle_timeout=args.idle_timeout,
         max_bytes=args.max_bytes, allow=tuple(args.allow), deny=tuple(args.deny),
         grace=args.grace, worker_idle=args.worker_idle, reuse_port=args.reuse_port,
         verbose=args.verbose, quiet=args.quiet, log_format=args.log_format)
-    if args.workers == 1:
-        return serving.run(options)
-    return supervisor.run(options, args.workers)
 
 
 def _check_serve(args: argparse.Namespace) -> None:
@@ -284,6 +326,116 @@ def _check_serve(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise UsageError(f"{config.origin(args, 'host', '--host')}: "
                              f"{resolve_error(args.host, exc)}") from None
+
+
+# -- mesh -----------------------------------------------------------------------
+
+def _peer(text: str) -> tuple[str, int | None]:
+    """A --peers entry: NAME or NAME:PORT (None: the node's own --port)."""
+    host, port = parse_hostport(text, default_port=-1)
+    return host, None if port == -1 else port
+
+
+def _address(text: str) -> str:
+    """--self: an IP address, as peers resolve it."""
+    plain = text.strip().removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(plain.split("%")[0])
+    except ValueError:
+        raise ValueError(f"invalid address {quote(text)}: give this node's IPv4 or IPv6 "
+                         "address, e.g. 10.0.0.5") from None
+    return plain
+
+
+def _sample(text: str) -> int:
+    value = parse_int(text, "count")
+    if not 0 <= value <= MESH_MAX_PEERS:
+        raise ValueError(f"invalid count {value}: 0 (every peer) to {MESH_MAX_PEERS}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    value = _count(text)
+    if value > MESH_MAX_CONCURRENCY:
+        raise ValueError(f"invalid count {value}: at most {MESH_MAX_CONCURRENCY}")
+    return value
+
+
+def _bulk_size(text: str) -> int:
+    size = _positive_size(text)
+    if size > MESH_MAX_BULK:
+        raise ValueError(f"invalid size {quote(text)}: at most {MESH_MAX_BULK >> 20} MiB "
+                         "(every peer gets one each bulk round)")
+    return size
+
+
+def _add_mesh(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "mesh", help="serve echo and check every peer: metrics, status page",
+        description="Serve echo (stream mode) and check every peer: a 64-byte ping each "
+                    "interval, a byte-verified bulk transfer every --bulk-every; export "
+                    "Prometheus metrics at /metrics, this node's view at /status, the whole "
+                    "mesh at /mesh and as a page at /.")
+    p.add_argument("--peers", action="append", type=_arg(_peer, "address"), default=[],
+                   metavar="NAME[:PORT]",
+                   help="peers to check (repeatable, or comma-separated in the variable): a "
+                        "name with many addresses (a headless Service) means all of them; "
+                        "PORT defaults to --port")
+    p.add_argument("--self", dest="self_address", type=_arg(_address, "address"),
+                   default=None, metavar="ADDR",
+                   help="this node's address among the peers' (default: any address this "
+                        "host has, with --port)")
+    p.add_argument("--name", default=None,
+                   help="this node's name on the status page (default: the host name)")
+    p.add_argument("--interval", type=SECONDS, default=MESH_INTERVAL,
+                   help=f"seconds between two pings of a peer (default: {MESH_INTERVAL:g})")
+    p.add_argument("--bulk-every", type=COUNT, default=MESH_BULK_EVERY, metavar="N",
+                   help="a bulk check of each peer every N intervals (default: "
+                        f"{MESH_BULK_EVERY})")
+    p.add_argument("--bulk-size", type=_arg(_bulk_size, "size"), default=MESH_BULK_SIZE,
+                   help=f"bytes each bulk check streams and verifies (default: "
+                        f"{MESH_BULK_SIZE >> 20}MiB)")
+    p.add_argument("--timeout", type=SECONDS, default=MESH_TIMEOUT,
+                   help=f"seconds a check may take, in all (default: {MESH_TIMEOUT:g})")
+    p.add_argument("--resolve-interval", type=SECONDS, default=MESH_RESOLVE_INTERVAL,
+                   help="seconds between two lookups of the peer names (default: "
+                        f"{MESH_RESOLVE_INTERVAL:g})")
+    p.add_argument("--concurrency", type=_arg(_concurrency, "count"),
+                   default=MESH_CONCURRENCY,
+                   help=f"checks in flight at most (default: {MESH_CONCURRENCY})")
+    p.add_argument("--sample-peers", type=_arg(_sample, "count"), default=0, metavar="K",
+                   help="check only K peers, a stable sample of each node's own (default: "
+                        "0, every peer; see the README's scale section)")
+    p.add_argument("--peer-label", choices=("dns", "none"), default="dns",
+                   help="dns: name peers by reverse DNS (pytcpecho_peer_info, the page); "
+                        "none: addresses only (default: dns)")
+    p.add_argument("--metrics-port", type=PORT, default=MESH_METRICS_PORT,
+                   help="HTTP port for /metrics, /status, /mesh and the page; the same on "
+                        f"every node (default: {MESH_METRICS_PORT})")
+    _server_options(p, mesh=True)
+    p.set_defaults(run=_mesh, mode="stream", size=DEFAULT_SIZE)
+    config.apply_env(p)
+
+
+def _mesh(args: argparse.Namespace) -> int:
+    args.quiet = False
+    serve = _serve_options(args)
+    serve = dataclasses.replace(serve, quiet=not args.log_connections)
+    if not args.peers:
+        raise UsageError("give the peers to check: --peers NAME[:PORT] (or PYTCPECHO_PEERS)")
+    if args.metrics_port == args.port and args.port != 0:
+        raise UsageError(f"--metrics-port {args.metrics_port} is the echo --port too: "
+                         "give them different ports")
+    peers = tuple((host, args.port if port is None else port) for host, port in args.peers)
+    options = MeshOptions(
+        peers=peers, port=args.port, name=args.name or socket.gethostname(),
+        self_address=args.self_address, interval=args.interval, bulk_every=args.bulk_every,
+        bulk_size=args.bulk_size, timeout=args.timeout,
+        resolve_interval=args.resolve_interval, concurrency=args.concurrency,
+        sample=args.sample_peers, peer_label=args.peer_label)
+    core = serving_core(args.core, "stream")
+    return serving.run(serve, companion=lambda stats: node.mesh(
+        args.host, args.metrics_port, options, core, stats))
 
 
 # -- client and ping ------------------------------------------------------------
@@ -510,7 +662,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 # -- main -----------------------------------------------------------------------
 
-COMMANDS = (_add_serve, _add_client, _add_ping, _add_demo, _add_bench)
+COMMANDS = (_add_serve, _add_mesh, _add_client, _add_ping, _add_demo, _add_bench)
 
 
 def build_parser() -> _Parser:

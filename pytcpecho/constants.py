@@ -67,6 +67,21 @@ BENCH_DRAIN = 0.05
 most its timeout; 0.5% of a long duration): then it ends on time, and counts what is
 still owed as unfinished, not as an error."""
 
+# -- the mesh ----------------------------------------------------------------------------
+
+MESH_INTERVAL = 10.0
+MESH_BULK_EVERY = 6
+"""A bulk check every 6 intervals: each peer gets 1 MiB a minute by default."""
+MESH_BULK_SIZE = 1 << 20
+MESH_MAX_BULK = 1 << 30
+MESH_TIMEOUT = 5.0
+MESH_RESOLVE_INTERVAL = 30.0
+MESH_CONCURRENCY = 16
+MESH_MAX_CONCURRENCY = 1024
+MESH_MAX_PEERS = 4096
+"""The most peers one node checks; past it, a stable sample as --sample-peers picks."""
+MESH_METRICS_PORT = 9862
+
 # -- the cores' loops (mirrored in csrc/_constants.pxd) ----------------------------------
 
 CHUNK = 256 * 1024

@@ -70,6 +70,8 @@ _PAUSE_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 # primitive under accept(), which no public name exposes (typeshed omits it).
 _accept_fd: Callable[[socket.socket], tuple[int, Any]] = socket.socket._accept  # type: ignore[attr-defined]
 ACCEPT_PAUSE = 0.1
+# Why a connection ended, as _finish() counts it.
+_EOF, _SHUTDOWN, _ERROR, _IDLE, _LIMIT = "eof", "shutdown", "error", "idle", "limit"
 LOG_EVERY = 5.0  # seconds between two log lines about the same recurring condition
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -78,7 +80,14 @@ Peer = tuple[str, int]
 
 @dataclass(frozen=True)
 class ServerStats:
-    """A snapshot of the server's counters."""
+    """A snapshot of the server's counters.
+
+    Every connection counted in ``total`` is ``active`` or ended one way:
+    ``closed_eof`` (the client closed), ``timed_out`` (idle), ``over_limit``
+    (--max-bytes), ``closed_shutdown`` (the server stopped) or ``closed_error``
+    (a reset or a failure); ``refused`` ones were never counted in.  ``errors``
+    also counts failures outside any connection (accept(), threads).
+    """
 
     active: int
     total: int
@@ -88,6 +97,9 @@ class ServerStats:
     refused: int
     timed_out: int = 0
     over_limit: int = 0
+    closed_eof: int = 0
+    closed_shutdown: int = 0
+    closed_error: int = 0
 
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4 clients of a dual-stack listener
@@ -236,6 +248,7 @@ class EchoServer:
         self._conns: dict[int, ServerSession | None] = {}
         self._total = self._refused = self._errors = self._timed_out = self._over_limit = 0
         self._done_in = self._done_out = 0
+        self._eof = self._shut = self._failed = 0  # connections closed by each cause
         self._log_full = _Throttled()
         self._log_accept_error = _Throttled()
         self._worker_idle = worker_idle
@@ -369,6 +382,9 @@ class EchoServer:
                 refused=self._refused,
                 timed_out=self._timed_out,
                 over_limit=self._over_limit,
+                closed_eof=self._eof,
+                closed_shutdown=self._shut,
+                closed_error=self._failed,
             )
 
     @property
@@ -445,7 +461,7 @@ class EchoServer:
                 if session is None:
                     session = self._new_session(peer)
                     if session is None:
-                        self._finish(fd, None)
+                        self._finish(fd, None, _ERROR)
                         continue
                 self._serve_client(session, fd, peer)
         finally:
@@ -555,22 +571,23 @@ class EchoServer:
 
     def _serve_client(self, session: ServerSession, fd: int, peer: Peer) -> None:
         served = False
+        cause = _ERROR
         try:
             session.attach(fd)
             self._conns[fd] = session  # the key is there already: no lock needed to set it
             served = True
             self.conn_log.info("Connected by client at %r", peer)
             ended = session.run()
-            self._log_end(peer, session, ended, fd in self._cut)
+            cause = self._log_end(peer, session, ended, fd in self._cut)
         except OSError as exc:
-            self._log_failure(peer, session, exc, fd in self._cut)
+            cause = self._log_failure(peer, session, exc, fd in self._cut)
         except Exception:  # a bug: log it, keep serving others
             self._count_error()
             self.conn_log.exception("Connection with %r failed", peer)
         finally:
-            self._finish(fd, session if served else None)
+            self._finish(fd, session if served else None, cause)
 
-    def _finish(self, fd: int, session: ServerSession | None) -> None:
+    def _finish(self, fd: int, session: ServerSession | None, cause: str) -> None:
         with self._lock:
             del self._conns[fd]
             if self._cut:
@@ -578,38 +595,52 @@ class EchoServer:
             if session is not None:
                 self._done_in += session.bytes_in
                 self._done_out += session.bytes_out
+            if cause == _EOF:
+                self._eof += 1
+            elif cause == _SHUTDOWN:
+                self._shut += 1
+            elif cause == _ERROR:
+                self._failed += 1
+            elif cause == _IDLE:
+                self._timed_out += 1
+            else:
+                self._over_limit += 1
             if not self._conns or self._closing:
                 self._changed.notify_all()  # drain() waits for the last one
         os.close(fd)  # only now: close() shuts down what is in _conns, by number
 
     def _log_failure(self, peer: Peer, session: ServerSession | None, exc: OSError,
-                     cut: bool) -> None:
+                     cut: bool) -> str:
+        """The line for a connection that ended in an error; its cause (_EOF, _SHUTDOWN, ...)."""
         if cut:  # close() cut it short: not the client's doing
             self.conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
-        elif isinstance(exc, TimeoutError):
-            with self._lock:
-                self._timed_out += 1
+            return _SHUTDOWN
+        if isinstance(exc, TimeoutError):
             self.conn_log.warning("Closed connection from %r: idle for %g s%s", peer,
                              self.idle_timeout or 0, _echoed(session))
-        elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            return _IDLE
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
             self.conn_log.info("Connection reset by client at %r%s", peer, _echoed(session))
         else:
             self._count_error()
             self.conn_log.warning("Connection with %r failed: %s", peer, exc.strerror or exc)
+        return _ERROR
 
-    def _log_end(self, peer: Peer, session: ServerSession, ended: str, cut: bool) -> None:
+    def _log_end(self, peer: Peer, session: ServerSession, ended: str, cut: bool) -> str:
+        """The line for a connection whose loop returned; its cause (_EOF, _SHUTDOWN, ...)."""
         if ended == "limit":
-            with self._lock:
-                self._over_limit += 1
             self.conn_log.warning("Closed connection from %r: it sent more than %d bytes",
                              peer, self.max_bytes)
-        elif cut:
+            return _LIMIT
+        if cut:
             self.conn_log.info("Connection closed by server at %r (shutting down)%s", peer,
                           _echoed(session))
-        elif self.conn_log.isEnabledFor(logging.INFO):  # -q: not even the words are made
+            return _SHUTDOWN
+        if self.conn_log.isEnabledFor(logging.INFO):  # -q: not even the words are made
             self.conn_log.info("Connection closed by client at %r%s", peer,
                           _echoed(session) if self.mode == "stream" else "")
+        return _EOF
 
     def _report_message(self, n: int) -> None:
         """Per-message lines, in the original exercise's words (needs the GIL: -q skips it)."""

@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -108,17 +109,23 @@ def log_summary(logger: logging.Logger, stats: ServerStats, more: str = "",
                 stats.over_limit, stats.refused, *more_args)
 
 
+Companion = Callable[[Callable[[], ServerStats]], AbstractContextManager[object]]
+"""What runs beside the server (pytcpecho.node: metrics, the mesh): made from a function
+that reads the server's counters; entered once it listens, left at the stop signal."""
+
 LOG_BATCH_DELAY = 0.02
 """Seconds a log line waits for the ones right behind it, to go out in one write."""
 
 
 def run(options: ServeOptions,
-        report_stats: Callable[[ServerStats], None] | None = None) -> int:
+        report_stats: Callable[[ServerStats], None] | None = None,
+        companion: Companion | None = None) -> int:
     """Serve until SIGTERM/SIGINT, drain, log the summary; the exit status.
 
     ``report_stats`` gets the final counters (a worker sends them to its
-    supervisor).  Options the server refuses, or an address it cannot listen
-    on, raise UsageError.
+    supervisor); ``companion`` runs beside the server until the stop signal.
+    Options the server refuses, or an address it cannot listen on, raise
+    UsageError.
     """
     # Handlers first: as PID 1 (a container), a signal without one is ignored.
     stop = threading.Event()
@@ -139,13 +146,14 @@ def run(options: ServeOptions,
         signal.signal(sig, on_signal)
     handler = logs.setup(options.verbose, options.quiet, options.log_format, wake)
     try:
-        return _serve(options, report_stats, stop, wake, handler)
+        return _serve(options, report_stats, companion, stop, wake, handler)
     finally:
         handler.flush_batch()
 
 
 def _serve(options: ServeOptions, report_stats: Callable[[ServerStats], None] | None,
-           stop: threading.Event, wake: threading.Event, handler: logs.StdoutHandler) -> int:
+           companion: Companion | None, stop: threading.Event, wake: threading.Event,
+           handler: logs.StdoutHandler) -> int:
     """run() once its signal handlers and log are in place: the main thread writes the
     log lines the connection threads queue, in batches, until a stop signal."""
     raise_nofile_limit()
@@ -165,12 +173,20 @@ def _serve(options: ServeOptions, report_stats: Callable[[ServerStats], None] | 
         where = format_hostport(options.host or "*", options.port)
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
-    server.start()  # the connection threads accept: no thread of ours waits for them
-    while not stop.is_set():
-        wake.wait()
-        stop.wait(LOG_BATCH_DELAY)  # the lines right behind the first join its write
-        wake.clear()
-        handler.flush_batch()
+    beside = contextlib.ExitStack()
+    try:
+        if companion is not None:
+            beside.enter_context(companion(lambda: server.stats))
+    except BaseException:
+        server.close()
+        raise
+    with beside:  # left at the stop signal, before the drain
+        server.start()  # the connection threads accept: no thread of ours waits for them
+        while not stop.is_set():
+            wake.wait()
+            stop.wait(LOG_BATCH_DELAY)  # the lines right behind the first join its write
+            wake.clear()
+            handler.flush_batch()
     handler.unbatch()  # from here on every line is written at once: the drain is watched
     server.shutdown()  # stop accepting before anything else
     active = server.stats.active
