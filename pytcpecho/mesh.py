@@ -14,8 +14,10 @@ Three kinds of thread share one table of peers under one lock:
   by ``timeout``: a dead peer holds one thread for one timeout, never the others.
 
 Each peer's state is read from its last checks: intact, down (the ping failed),
-corrupt (an echo differed), mtu (pings intact while bulk transfers stall: a
-suspected path-MTU blackhole), degraded (bulk failed otherwise) or unknown.
+corrupt (an echo differed), mtu (pings intact while nothing of a bulk transfer
+comes back, the small round trip it starts with excepted: a suspected path-MTU
+blackhole), degraded (bulk failed otherwise: a stall after some data came back
+is loss, not MTU) or unknown.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from . import checks
 from ._version import __version__
-from .checks import CHECKS, Outcome
+from .checks import CHECKS, PROBE_SIZE, Outcome
 from .constants import (
     MESH_BULK_EVERY,
     MESH_BULK_SIZE,
@@ -53,6 +55,9 @@ STATES = ("unknown", "intact", "mtu", "corrupt", "down", "degraded")
 RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                1.0, 2.5)
 """Upper bounds, in seconds, of the ping round-trip histogram (Prometheus buckets)."""
+LATE_SPREAD = 1.0
+"""Seconds over which peers that appear after the first lookup get their first check:
+a node that joins is checked at once (the first lookup's peers spread over an interval)."""
 JITTER = 0.05
 """Each round's due time moves by up to this fraction of the interval, either way."""
 STOP_WAIT = 1.0
@@ -149,9 +154,9 @@ def diagnose(ping: Outcome | None, bulk: Outcome | None) -> tuple[str, str | Non
         return "down", f"down: ping {ping.result}: {ping.detail}"
     if bulk is None or bulk.intact:
         return "intact", None
-    if bulk.result in ("stalled", "timeout"):
-        return "mtu", (f"suspected path-MTU blackhole: pings intact, bulk check "
-                       f"{bulk.result}: {bulk.detail}")
+    if bulk.result == "timeout" or (bulk.result == "stalled" and bulk.received <= PROBE_SIZE):
+        return "mtu", (f"suspected path-MTU blackhole: pings intact, but no large packet "
+                       f"came back in the bulk check ({bulk.detail})")
     return "degraded", f"bulk check {bulk.result}: {bulk.detail}"
 
 
@@ -265,11 +270,13 @@ class Mesh:
             for key in gone:
                 del self._peers[key]
             added = [key for key in found.peers if key not in self._peers]
+            spread = min(self.options.interval, LATE_SPREAD) if self._resolved.is_set() \
+                else self.options.interval
             for key in added:
                 peer = PeerState(key, found.peers[key], now, state_since=now,
                                  generation=next(self._generations))
                 self._peers[key] = peer
-                first = time.monotonic() + self._random.uniform(0, self.options.interval)
+                first = time.monotonic() + self._random.uniform(0, spread)
                 heapq.heappush(self._heap, (first, next(self._seq), key, peer.generation))
             if added:
                 self._changed.notify_all()

@@ -1,0 +1,257 @@
+"""``pytcpecho mesh`` on a cluster of network namespaces, with the faults it exists to find.
+
+Six nodes on two subnets joined by a router each run ``pytcpecho mesh`` as a
+process of its own and find each other by one name, as in a Kubernetes
+headless Service (a seventh waits to join).  A real Prometheus scrapes them
+all.  Each fault is injected once the mesh is green and removed again, and the
+mesh must flag exactly the pairs it affects: a path-MTU blackhole between the
+subnets, corruption on one node, loss on one node, a node killed and
+restarted, a node added to and removed from the name.  The page is read by a
+real browser.  The tests run in order, on one lab; each leaves it green.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mesh_lab import HTTP_PORT, MeshLab, mesh_lab, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+INTERVAL = 1.0
+RESOLVE = 1.0
+TIMEOUT = 4.0
+NODE_ARGS = ("--interval", str(INTERVAL), "--bulk-every", "1", "--timeout", str(TIMEOUT),
+             "--resolve-interval", str(RESOLVE))
+ARTIFACTS = Path(os.environ.get("PYTCPECHO_ARTIFACTS", "")) if os.environ.get(
+    "PYTCPECHO_ARTIFACTS") else None
+"""Where the page's screenshot is kept (besides the test's temp dir), if set."""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    with mesh_lab(6, spare=1) as built:
+        for host in built.members:
+            built.start_node(host, *NODE_ARGS)
+        workdir = tmp_path_factory.mktemp("prometheus")
+        with built.prometheus(workdir) as url:
+            built.prometheus_url = url  # type: ignore[attr-defined]
+            yield built
+
+
+def prom(lab: MeshLab) -> str:
+    return str(lab.prometheus_url)  # type: ignore[attr-defined]
+
+
+def green(lab: MeshLab, timeout: float = 30) -> None:
+    """Every running node sees every other running member intact."""
+    members = [h for h in lab.members if h in lab.nodes]
+    want = lab.pairs(members)
+
+    def all_intact() -> bool:
+        states = lab.states()
+        return {p for p, s in states.items() if s == "intact"} >= want and \
+            all(states[p] == "intact" for p in want)
+    wait_until("every pair intact", all_intact, timeout)
+
+
+def flagged(lab: MeshLab, state: str) -> set[tuple[str, str]]:
+    return {pair for pair, s in lab.states().items() if s == state}
+
+
+def pairs_from_prometheus(lab: MeshLab, promql: str) -> set[tuple[str, str]]:
+    """The (from, to) pairs of the series ``promql`` gives now."""
+    by_instance = {f"{a}:{HTTP_PORT}": h for h, a in lab.addresses.items()}
+    by_key = {lab.key(h): h for h in lab.addresses}
+    return {(by_instance[r["metric"]["instance"]], by_key[r["metric"]["peer"]])
+            for r in lab.query(prom(lab), promql)}
+
+
+def wait_prometheus(lab: MeshLab, promql: str, want: set[tuple[str, str]],
+                    timeout: float = 20) -> None:
+    """Until Prometheus's answer to ``promql`` is exactly the pairs ``want``."""
+    def answer() -> tuple[bool, set[tuple[str, str]]]:
+        got = pairs_from_prometheus(lab, promql)
+        return got == want, got
+    wait_until(f"Prometheus: {promql} gives {sorted(want)}", lambda: answer()[0] or None,
+               timeout)
+
+
+@pytest.mark.timeout(150)
+def test_the_mesh_goes_green(lab: MeshLab) -> None:
+    """Every node finds the five others through the one name, leaves itself out, and
+    checks each; Prometheus sees all 30 pairs up."""
+    green(lab, timeout=60)
+    for host in lab.members:
+        status = lab.status(host)
+        assert status["node"]["address"] == lab.key(host)  # itself, found and left out
+        assert set(status["peers"]) == {lab.key(h) for h in lab.members if h != host}
+        assert all(p["name"] in lab.members for p in status["peers"].values())
+    wait_prometheus(lab, "pytcpecho_peer_up == 1", lab.pairs(lab.members), timeout=30)
+    assert pairs_from_prometheus(lab, "pytcpecho_peer_up == 0") == set()
+
+
+@pytest.mark.timeout(120)
+def test_path_mtu_blackhole_between_the_subnets(lab: MeshLab, tmp_path: Path) -> None:
+    """Large packets dropped on the router's link into subnet 2, ICMP filtered: pings stay
+    intact, bulk checks stall, and exactly the pairs across the router are flagged as a
+    suspected path-MTU problem, in /status, in Prometheus and on the page."""
+    across = {(a, b) for a, b in lab.pairs(lab.members) if lab.subnet[a] != lab.subnet[b]}
+    assert len(across) == 18
+    lab.mtu_blackhole(True)
+    try:
+        wait_until("the pairs across the router flagged mtu",
+                   lambda: flagged(lab, "mtu") == across or None, 30)
+        for a, b in across:
+            peer = lab.status(a)["peers"][lab.key(b)]
+            assert peer["checks"]["ping"]["result"] == "intact", peer
+            assert peer["checks"]["bulk"]["result"] in ("stalled", "timeout"), peer
+            assert "path-MTU" in peer["problem"]
+        assert flagged(lab, "intact") == lab.pairs(lab.members) - across
+        wait_prometheus(lab, 'pytcpecho_peer_check_intact{check="bulk"} == 0', across)
+        assert pairs_from_prometheus(lab, "pytcpecho_peer_up == 0") == set()
+        check_page(lab, across, "mtu", tmp_path)
+    finally:
+        lab.mtu_blackhole(False)
+    green(lab)
+
+
+def check_page(lab: MeshLab, flagged_pairs: set[tuple[str, str]], state: str,
+               tmp_path: Path) -> None:
+    """n1's page, rendered by Chromium: a cell per pair, ``state`` exactly where flagged,
+    intact elsewhere; and a screenshot of it."""
+    url = f"http://{lab.addresses['n1']}:{HTTP_PORT}/"
+    dom = lab.chromium(url, "--dump-dom", "--virtual-time-budget=5000")
+    by_key = {lab.key(h): h for h in lab.addresses}
+    cells = {(by_key[a], by_key[b]): s for a, b, s in re.findall(
+        r'<td class="[^"]*" data-from="([^"]+)" data-to="([^"]+)" data-state="([^"]+)"', dom)}
+    pairs = lab.pairs(lab.members)
+    assert {p for p in cells if p[0] != p[1]} == pairs
+    assert {p for p in pairs if cells[p] == state} == flagged_pairs
+    assert {p for p in pairs if cells[p] == "intact"} == pairs - flagged_pairs
+    shot = tmp_path / f"mesh-{state}.png"
+    lab.chromium(url, f"--screenshot={shot}", "--window-size=900,520")
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if ARTIFACTS is not None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+@pytest.mark.timeout(120)
+def test_corruption_on_one_node(lab: MeshLab, tmp_path: Path) -> None:
+    """A byte rewritten in the segments arriving at n2's echo port (the checksum left as
+    it is): every bulk check to n2 reports a mismatch with its offset, no other pair."""
+    to_n2 = {(a, "n2") for a in lab.members if a != "n2"}
+    lab.corrupt("n2", True)
+    try:
+        wait_until("every bulk check to n2 a mismatch",
+                   lambda: flagged(lab, "corrupt") == to_n2 or None, 30)
+        for a, _ in to_n2:
+            peer = lab.status(a)["peers"][lab.key("n2")]
+            assert peer["checks"]["bulk"]["result"] == "mismatch"
+            assert isinstance(peer["checks"]["bulk"]["offset"], int)
+            assert peer["checks"]["ping"]["result"] == "intact"  # 64 bytes: not rewritten
+            assert re.search(r"corruption: .* at byte \d+", peer["problem"]), peer
+        assert flagged(lab, "intact") == lab.pairs(lab.members) - to_n2
+        check_page(lab, to_n2, "corrupt", tmp_path)
+    finally:
+        lab.corrupt("n2", False)
+    green(lab)
+
+
+@pytest.mark.timeout(120)
+def test_loss_on_one_node(lab: MeshLab) -> None:
+    """20% of what arrives at n3 dropped: TCP recovers, so its checks stay intact, but the
+    bulk throughput to n3 falls."""
+    before = bulk_samples(lab, "n3", seconds=4)
+    lab.lose("n3", 20)
+    try:
+        during = bulk_samples(lab, "n3", seconds=8)
+        others = flagged(lab, "intact")
+    finally:
+        lab.lose("n3", 20, on=False)
+    results = [r for r, _ in during]
+    assert "mismatch" not in results
+    assert results.count("intact") >= 0.8 * len(results), results
+    rate_before = statistics.median(b for r, b in before if r == "intact")
+    rate_during = statistics.median(b for r, b in during if r == "intact")
+    print(f"bulk to n3: median {rate_before / 2**20:.1f} MiB/s before, "
+          f"{rate_during / 2**20:.1f} MiB/s with 20% loss ({len(during)} checks)")
+    assert rate_during < rate_before / 2, (before, during)
+    unaffected = {p for p in lab.pairs(lab.members) if "n3" not in p}
+    assert unaffected <= others
+    green(lab)
+
+
+def bulk_samples(lab: MeshLab, target: str, seconds: float) -> list[tuple[str, int]]:
+    """Each bulk check of ``target`` the other nodes made in the next ``seconds``:
+    (result, bytes per second or 0)."""
+    seen: dict[tuple[str, float], tuple[str, int]] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for host in lab.members:
+            if host == target:
+                continue
+            bulk = lab.status(host)["peers"][lab.key(target)]["checks"]["bulk"]
+            if bulk is not None:
+                seen[(host, bulk["at"])] = (bulk["result"], bulk.get("bytes_per_second", 0))
+        time.sleep(0.3)  # sampling what the nodes report, not waiting for a condition
+    assert len(seen) >= len(lab.members), seen
+    return list(seen.values())
+
+
+@pytest.mark.timeout(120)
+def test_a_node_killed_and_back(lab: MeshLab) -> None:
+    """n6 killed: every other node reports it down within two intervals, in /status and in
+    Prometheus; started again: up again."""
+    killed_at = time.time()
+    lab.kill_node("n6")
+    to_n6 = {(a, "n6") for a in lab.members if a != "n6"}
+    wait_until("every node reports n6 down", lambda: flagged(lab, "down") == to_n6 or None, 20)
+    for a, _ in to_n6:
+        peer = lab.status(a)["peers"][lab.key("n6")]
+        assert peer["checks"]["ping"]["result"] == "refused", peer
+        assert peer["since"] - killed_at <= 2 * INTERVAL, (peer, killed_at)
+    wait_prometheus(lab, "pytcpecho_peer_up == 0", to_n6)
+    lab.start_node("n6", *NODE_ARGS)
+    green(lab)
+    wait_prometheus(lab, "pytcpecho_peer_up == 0", set())
+
+
+@pytest.mark.timeout(120)
+def test_a_node_added_and_removed(lab: MeshLab) -> None:
+    """n7 joins the name: every node checks it within a resolve interval (and a second to
+    spread the first checks); it leaves: its series are gone from every node's metrics."""
+    lab.start_node("n7", *NODE_ARGS)
+    added_at = time.time()
+    lab.set_members([*lab.members, "n7"])
+    green(lab)
+    for host in lab.members:
+        if host != "n7":
+            ping = lab.status(host)["peers"][lab.key("n7")]["checks"]["ping"]
+            assert ping["since"] - added_at <= RESOLVE + 1.0 + 0.5, (host, ping, added_at)
+    wait_prometheus(lab, f'pytcpecho_peer_up{{peer="{lab.key("n7")}"}} == 1',
+                    {(a, "n7") for a in lab.members if a != "n7"})
+    lab.set_members([h for h in lab.members if h != "n7"])
+
+    def forgotten() -> bool:
+        return all(lab.key("n7") not in metrics_text(lab, h) for h in lab.members)
+    wait_until("n7's series gone from every node", forgotten, 10)
+    for host in lab.members:
+        families = {f.name: f for f in text_string_to_metric_families(metrics_text(lab, host))}
+        peers = {s.labels.get("peer") for f in families.values() for s in f.samples}
+        assert peers - {None} == {lab.key(h) for h in lab.members if h != host}
+    wait_prometheus(lab, f'pytcpecho_peer_up{{peer="{lab.key("n7")}"}}', set())
+    lab.kill_node("n7")
+
+
+def metrics_text(lab: MeshLab, host: str) -> str:
+    return lab.fetch(f"http://{lab.addresses[host]}:{HTTP_PORT}/metrics").decode()
