@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import config, loadgen, logs, node, serving, supervisor, switch
+from . import config, loadgen, logs, serving, supervisor, switch
 from . import core as cores
 from ._version import __version__
 from .client import EchoClient, EchoError, EchoResult, Progress
@@ -290,6 +290,7 @@ def _serve(args: argparse.Namespace) -> int:
         return supervisor.run(options, args.workers)
     if args.metrics_port is None:
         return serving.run(options)
+    from . import node  # prometheus_client: imported only where metrics are served
     core = serving_core(args.core, args.mode).NAME
     return serving.run(options, companion=lambda stats: node.metrics(
         args.host, args.metrics_port, core, stats))
@@ -434,6 +435,7 @@ def _mesh(args: argparse.Namespace) -> int:
         resolve_interval=args.resolve_interval, concurrency=args.concurrency,
         sample=args.sample_peers, peer_label=args.peer_label)
     core = serving_core(args.core, "stream")
+    from . import node  # prometheus_client: imported only where metrics are served
     return serving.run(serve, companion=lambda stats: node.mesh(
         args.host, args.metrics_port, options, core, stats))
 

@@ -84,7 +84,7 @@ def mesh(host: str, port: int, options: MeshOptions, core: Core,
          stats: Stats) -> Iterator[Mesh]:
     """The mesh's checks of its peers, and its HTTP side: /metrics, /status, /mesh, /."""
     checker = Mesh(options, core)
-    gathered = _Cached(lambda: matrix.gather(checker, port))
+    gathered = _Cached(lambda: matrix.gather(checker, web.address[1]))  # the port bound
     web = _web(host, port, ServerCollector(stats, core.NAME), MeshCollector(checker), routes={
         "/status": _json(checker.status),
         "/mesh": _json(gathered),

@@ -190,3 +190,21 @@ def stalling_once(stall_after: int, stall: float) -> Handler:
             time.sleep(stall)  # the stall under test, not a wait for anything
         conn.sendall(data)
     return handle
+
+
+def echo_then_close(after: int, reset: bool = False) -> Handler:
+    """Echo the first ``after`` bytes as they come, then end the echo: close the sending
+    side and drain the rest unanswered (with ``reset``: reset the connection at once).
+    A peer that goes away in the middle of a transfer."""
+    def handle(conn: socket.socket) -> None:
+        pos = 0
+        while pos < after and (data := conn.recv(min(1 << 16, after - pos))):
+            conn.sendall(data)
+            pos += len(data)
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(1 << 16):
+            pass
+    return handle

@@ -27,7 +27,7 @@ from pytcpecho.cli import COMMANDS, main
 from pytcpecho.constants import WORKERS_PER_CPU
 from pytcpecho.loadgen import BenchConfig
 
-SUBCOMMANDS = ("serve", "client", "ping", "demo", "bench")
+SUBCOMMANDS = ("serve", "mesh", "client", "ping", "demo", "bench")
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -560,11 +560,11 @@ def test_an_unknown_top_level_option_is_named() -> None:
 
 def test_no_command_asks_for_one() -> None:
     line = assert_one_line_error(cli(), 2)
-    assert "a command is required: serve, client, ping, demo, bench" in line, line
+    assert "a command is required: serve, mesh, client, ping, demo, bench" in line, line
 
 
 @pytest.mark.parametrize("command", [("serve", "--port", "0"), ("client", "h"), ("ping", "h"),
-                                     ("demo",), ("bench", "h")])
+                                     ("demo",), ("bench", "h"), ("mesh", "--peers", "h")])
 def test_an_unknown_option_is_the_subcommands_error(command: tuple[str, ...]) -> None:
     line = assert_one_line_error(cli(*command, "--bogus", timeout=30), 2)
     assert line.startswith(f"pytcpecho {command[0]}: error: unrecognized arguments: "

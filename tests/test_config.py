@@ -77,7 +77,7 @@ BAD_VARIABLES = [
     ("PYTCPECHO_SIZE", "1TiB"), ("PYTCPECHO_VERBOSE", "2"), ("PYTCPECHO_QUIET", "2"),
     ("PYTCPECHO_REUSE_PORT", "banana"), ("PYTCPECHO_WORKERS", "100000"),
     ("PYTCPECHO_MAX_BYTES", "lots"), ("PYTCPECHO_WORKER_IDLE", "0"),
-    ("PYTCPECHO_PORT", "9" * 5000),
+    ("PYTCPECHO_PORT", "9" * 5000), ("PYTCPECHO_METRICS_PORT", "nine"),
 ]
 
 
@@ -89,12 +89,41 @@ def test_a_bad_variable_is_one_line_naming_it(name: str, value: str) -> None:
     assert len(line) < 300 and "set_int_max_str_digits" not in line, line
 
 
+def variables(command: str) -> set[str | None]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {config.env_name(a) for a in sub._actions} - {None}
+
+
 def test_every_variable_has_a_bad_value_tested() -> None:
     """The table above covers every variable serve reads, as the parser names them."""
-    parser = build_parser()
-    serve = next(a for a in parser._actions if a.dest == "command").choices["serve"]
-    names = {config.env_name(a) for a in serve._actions} - {None}
-    assert names == {name for name, _ in BAD_VARIABLES}
+    assert variables("serve") == {name for name, _ in BAD_VARIABLES}
+
+
+BAD_MESH_VARIABLES = [
+    ("PYTCPECHO_PEERS", "[::1"), ("PYTCPECHO_PEERS", "a:0"), ("PYTCPECHO_SELF", "node-1"),
+    ("PYTCPECHO_INTERVAL", "0"), ("PYTCPECHO_BULK_EVERY", "0"), ("PYTCPECHO_BULK_SIZE", "2GiB"),
+    ("PYTCPECHO_TIMEOUT", "-1"), ("PYTCPECHO_RESOLVE_INTERVAL", "soon"),
+    ("PYTCPECHO_CONCURRENCY", "0"), ("PYTCPECHO_SAMPLE_PEERS", "-1"),
+    ("PYTCPECHO_PEER_LABEL", "ldap"), ("PYTCPECHO_METRICS_PORT", "70000"),
+    ("PYTCPECHO_LOG_CONNECTIONS", "maybe"), ("PYTCPECHO_CONCURRENCY", "100000"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_MESH_VARIABLES, ids=lambda v: v[:20])
+def test_a_bad_mesh_variable_is_one_line_naming_it(name: str, value: str) -> None:
+    line = assert_one_line_error(cli("mesh", env={name: value}), 2)
+    assert line.startswith(f"pytcpecho mesh: error: {name}={quote(value)}: "), line
+
+
+def test_every_mesh_variable_has_a_bad_value_tested() -> None:
+    """Mesh reads serve's variables (less --mode, --size, --workers, -q) and its own: each
+    of its own has a bad value above (a name is any text)."""
+    own = variables("mesh") - variables("serve")
+    tested = {name for name, _ in BAD_MESH_VARIABLES} - {"PYTCPECHO_METRICS_PORT"}
+    assert own == tested | {"PYTCPECHO_NAME"}
+    assert variables("serve") - variables("mesh") == {
+        "PYTCPECHO_MODE", "PYTCPECHO_SIZE", "PYTCPECHO_WORKERS", "PYTCPECHO_QUIET"}
 
 
 def test_a_core_that_cannot_serve_the_mode_names_the_variable() -> None:

@@ -140,8 +140,10 @@ def cases(draw: st.DrawFn, ports: Servers) -> tuple[list[str], dict[str, str]]:
         good = [f"127.0.0.1:{ports.stream}", f"localhost:{ports.message}",
                 f"127.0.0.1:{ports.message}"]
         argv.append(draw(st.sampled_from(good) | st.sampled_from(HOSTS)))
-    if command == "serve" and draw(st.booleans()):
+    if command in LONG_RUNNING and draw(st.booleans()):
         argv += ["--port", "0"]  # else the default or what the fuzz gave
+    if command == "mesh" and draw(st.booleans()):
+        argv += ["--peers", f"127.0.0.1:{ports.stream}", "--metrics-port", "0"]
     for more in draw(st.lists(argument(command), max_size=5)):
         argv += more
     env = draw(st.dictionaries(st.sampled_from(VARIABLES),
@@ -151,12 +153,14 @@ def cases(draw: st.DrawFn, ports: Servers) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-STARTED = re.compile(r"Server at |Supervisor \(pid")
-"""The first line of a serve process that runs (text or JSON): its handlers are set."""
+LONG_RUNNING = ("serve", "mesh")
+STARTED = re.compile(r"Server at |Supervisor \(pid|Checking |Mesh node |Peer |Metrics at ")
+"""The first line of a serve or mesh process that runs (text or JSON): its handlers are
+set (they are, before any line is logged)."""
 
 
 def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """The command's status, stdout and stderr; a serve that starts serving gets SIGINT
+    """The command's status, stdout and stderr; a serve or mesh that starts gets SIGINT
     once it has printed its first line (its handlers are in place by then)."""
     proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -164,7 +168,7 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     assert proc.stdout is not None
     try:
         first = ""
-        if argv[:1] == ["serve"]:
+        if argv[:1] and argv[0] in LONG_RUNNING:
             first = proc.stdout.readline()  # "" once it exited without a word
             if STARTED.search(first) and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -182,7 +186,7 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
 
 
 def test_the_vocabulary_reaches_every_command() -> None:
-    assert set(NAMES) == {"serve", "client", "ping", "bench", "demo"}
+    assert set(NAMES) == {"serve", "mesh", "client", "ping", "bench", "demo"}
     assert sorted(TARGETED) == ["bench", "client", "ping"]
     for name in NAMES:
         assert any("--core" in o.strings for o in options(COMMANDS[name])), name

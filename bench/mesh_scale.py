@@ -1,0 +1,104 @@
+"""What a mesh costs, measured: N nodes in network namespaces, each ``pytcpecho mesh``.
+
+    python bench/mesh_scale.py --nodes 24 [--measure 60] [--json FILE]
+
+Builds the lab of the mesh tests (two subnets and a router, one name for all
+nodes), starts every node with the default options, and reports: the seconds
+from the last node's start until every node has checked every other once (a
+ping and a bulk check each), then, over ``--measure`` seconds of steady state,
+each node's CPU (user + system, percent of one core) and resident memory, and
+the series one node exports.  Needs root (namespaces), as the netns tests do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from mesh_lab import HTTP_PORT, MeshLab, mesh_lab  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def all_checked(lab: MeshLab) -> bool:
+    """Every node has a ping and a bulk result for every other node."""
+    for host in lab.nodes:
+        try:
+            peers = lab.status(host)["peers"]
+        except RuntimeError as exc:  # a node too busy to answer in time: ask again
+            print(f"{host}: {str(exc)[-200:]}", file=sys.stderr)
+            return False
+        if len(peers) != len(lab.nodes) - 1:
+            return False
+        if any(p["checks"]["ping"] is None or p["checks"]["bulk"] is None
+               for p in peers.values()):
+            return False
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=24)
+    parser.add_argument("--measure", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("extra", nargs="*", help="more options for every node")
+    args = parser.parse_args()
+    with mesh_lab(args.nodes, spare=0) as lab:
+        for host in lab.members:
+            lab.start_node(host, *args.extra)
+        started = time.monotonic()
+        while not all_checked(lab):
+            if time.monotonic() - started > 600:
+                raise SystemExit("not every pair was checked in 600 s")
+            time.sleep(0.5)  # polling the nodes' status, not waiting for a fixed time
+        covered = time.monotonic() - started
+        pids = {h: p.proc.pid for h, p in lab.nodes.items()}
+        before = {h: cpu_seconds(pid) for h, pid in pids.items()}
+        t0 = time.monotonic()
+        time.sleep(args.measure)  # the measurement window itself
+        elapsed = time.monotonic() - t0
+        cpu = {h: (cpu_seconds(pid) - before[h]) / elapsed * 100 for h, pid in pids.items()}
+        rss = {h: rss_mib(pid) for h, pid in pids.items()}
+        metrics = lab.fetch(f"http://{lab.addresses['n1']}:{HTTP_PORT}/metrics").decode()
+        series = sum(1 for line in metrics.splitlines() if line and not line.startswith("#"))
+        states = lab.states()
+    report = {
+        "nodes": args.nodes, "options": args.extra or "defaults",
+        "seconds_until_every_pair_checked": round(covered, 1),
+        "cpu_percent_per_node": {"mean": round(statistics.mean(cpu.values()), 2),
+                                 "max": round(max(cpu.values()), 2)},
+        "rss_mib_per_node": {"mean": round(statistics.mean(rss.values()), 1),
+                             "max": round(max(rss.values()), 1)},
+        "series_per_node": series,
+        "pairs_intact": sum(1 for s in states.values() if s == "intact"),
+        "pairs": len(states),
+        "measured_s": round(elapsed, 1),
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
