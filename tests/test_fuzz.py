@@ -58,7 +58,9 @@ BOUNDED = {
     "connections": ["1", "2", "0", "-1", "", "x", HUGE, "2" * 19],
 }
 """Keyed by the option's dest, so an option added later is fuzzed with HOSTILE values."""
-TEXT = st.characters(blacklist_characters="\x00")  # no argument or variable can hold a NUL
+TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+"""No argument or variable can hold a NUL, nor a lone surrogate but the undecodable bytes
+(U+DC80-U+DCFF, in HOSTILE) Python maps to them."""
 HOSTS = ["a..b", ".", "a" * 64 + ".example", "nohost.invalid", "", "[::1", "[nope]:80",
          "http://127.0.0.1/", "127.0.0.1:0", "127.0.0.1:65536", "h:" + HUGE, "[::1]:1",
          "127.0.0.1:1", "\udcff", "é.example", ":80", "a:b:c", "-1", "nan"]
