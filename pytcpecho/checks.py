@@ -100,6 +100,8 @@ class _Check:
     def run(self) -> Outcome:
         try:
             sock = self._connect()
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+            return self._broken(exc, 0)  # accepted, then reset before connect() returned
         except OSError as exc:
             return self._end(*_connect_failure(exc, self.timeout))
         with sock:
@@ -149,23 +151,31 @@ class _Check:
             done = session.bytes_received + (PROBE_SIZE if session is not probe else 0)
             if cut.is_set() or isinstance(exc, TimeoutError):
                 return self._timed_out(done)
-            return self._end("short", f"connection failed after {done} bytes: "
-                             f"{exc.strerror or exc}")
+            return self._broken(exc, done)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
 
     def _failed(self, session: ClientSession, before: int) -> Outcome:
-        """The echo came back, but not as sent."""
+        """The echo came back, but not as sent; ``before`` bytes came back intact ahead of
+        this session's (the bulk check's probe).  Offsets count from the connection's
+        first byte, as a packet capture does."""
         if session.mismatch_offset >= 0:
-            offset = session.mismatch_offset
+            self.received = offset = before + session.mismatch_offset
             return self._end("mismatch", f"echo differs from what was sent at byte {offset}",
                              offset=offset)
+        self.received = before + session.bytes_received
         if session.long_echo > 0:
             return self._end("mismatch", f"{session.long_echo} bytes came back that were "
-                             "never sent", offset=session.bytes_sent)
+                             "never sent", offset=before + session.bytes_sent)
         return self._end("short", f"the peer closed the connection after "
-                         f"{before + session.bytes_received} of {before + self.size} bytes")
+                         f"{self.received} of {before + self.size} bytes")
+
+    def _broken(self, exc: OSError, done: int) -> Outcome:
+        """The connection failed (a reset) after ``done`` bytes came back: short."""
+        self.received = done
+        return self._end("short", f"connection failed after {done} bytes: "
+                         f"{exc.strerror or exc}")
 
     def _timed_out(self, done: int) -> Outcome:
         """Out of time, with ``done`` bytes back: stalled if any came, else timeout."""

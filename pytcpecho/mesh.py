@@ -144,14 +144,15 @@ class PeerState:
 
 
 def diagnose(ping: Outcome | None, bulk: Outcome | None) -> tuple[str, str | None]:
-    """A peer's state and its problem in words, from its last ping and bulk check."""
+    """A peer's state and its problem in words (what the state word does not say), from
+    its last ping and bulk check."""
     if ping is None:
         return "unknown", None
     for outcome in (ping, bulk):
         if outcome is not None and outcome.result == "mismatch":
-            return "corrupt", f"corruption: {outcome.check} check: {outcome.detail}"
+            return "corrupt", f"{outcome.check} check: {outcome.detail}"
     if not ping.intact:
-        return "down", f"down: ping {ping.result}: {ping.detail}"
+        return "down", f"ping {ping.result}: {ping.detail}"
     if bulk is None or bulk.intact:
         return "intact", None
     if bulk.result == "timeout" or (bulk.result == "stalled" and bulk.received <= PROBE_SIZE):

@@ -159,7 +159,8 @@ def test_corruption_on_one_node(lab: MeshLab, tmp_path: Path) -> None:
             assert peer["checks"]["bulk"]["result"] == "mismatch"
             assert isinstance(peer["checks"]["bulk"]["offset"], int)
             assert peer["checks"]["ping"]["result"] == "intact"  # 64 bytes: not rewritten
-            assert re.search(r"corruption: .* at byte \d+", peer["problem"]), peer
+            assert re.fullmatch(r"bulk check: echo differs from what was sent at byte \d+",
+                                peer["problem"]), peer
         assert flagged(lab, "intact") == lab.pairs(lab.members) - to_n2
         check_page(lab, to_n2, "corrupt", tmp_path)
     finally:
