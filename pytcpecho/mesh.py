@@ -185,6 +185,7 @@ class Mesh:
         self._generations = itertools.count(1)
         self._resolved = threading.Event()
         self._last_problems: frozenset[str] = frozenset()
+        self._warned_cap = False
         self._random = random.Random()
 
     # -- life cycle -------------------------------------------------------------
@@ -200,6 +201,7 @@ class Mesh:
 
     def stop(self) -> None:
         self._stop.set()
+        self.resolver.close()
         with self._changed:
             self._changed.notify_all()
         for _ in range(self.options.concurrency):
@@ -260,9 +262,13 @@ class Mesh:
                 log.warning("... and %d more peer names that do not resolve",
                             len(problems - self._last_problems) - 5)
             self._last_problems = problems
-        if found.dropped:
-            log.debug("Checking %d peers, leaving %d out (--sample-peers, or at most %d)",
-                      len(found.peers), found.dropped, len(found.peers))
+        if found.dropped and not self.options.sample and not self._warned_cap:
+            self._warned_cap = True
+            log.warning("%d peers: checking %d of them, a stable sample (at most %d; "
+                        "--sample-peers chooses fewer)", len(found.peers) + found.dropped,
+                        len(found.peers), len(found.peers))
+        if found.pending:
+            log.debug("%d peer names still being looked up", found.pending)
         with self._changed:
             self.unresolved = sorted(problems)
             if found.own is not None:

@@ -6,16 +6,18 @@ again every resolve interval, so nodes that come and go are picked up and
 dropped.  The node leaves itself out: an address it can bind to is its own
 (with its own port), and so is ``--self``.  Names are looked up a few at a
 time, so a list of thousands, or names that do not resolve, cost time in the
-resolver's thread and nowhere else.
+resolver's threads and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
+import queue
 import socket
+import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .constants import MESH_MAX_PEERS
@@ -23,6 +25,8 @@ from .units import format_hostport, peer_name
 
 Address = tuple[str, int]
 LOOKUPS_AT_ONCE = 8
+LOOKUP_WAIT = 2.0
+"""Seconds a round of lookups waits for slow names before it goes on without them."""
 
 
 def peer_key(address: Address) -> str:
@@ -40,18 +44,33 @@ class Resolution:
     problems: list[str] = field(default_factory=list)
     dropped: int = 0
     """Peers left out by --sample-peers or MESH_MAX_PEERS."""
+    pending: int = 0
+    """Names whose first lookup has not ended yet."""
 
 
 class Resolver:
-    """Turns ``--peers`` into the set of addresses to check, again on every resolve()."""
+    """Turns ``--peers`` into the set of addresses to check, again on every resolve().
+
+    Lookups run in LOOKUPS_AT_ONCE daemon threads of the resolver's own, and resolve()
+    waits for them at most ``wait`` seconds: a name that is slow to answer (a DNS server
+    that does not reply) keeps its last answer until its lookup ends, and never holds
+    up the others, an address given as such least of all (it needs no lookup).
+    """
 
     def __init__(self, names: Sequence[Address], port: int, self_address: str | None = None,
-                 sample: int = 0) -> None:
+                 sample: int = 0, wait: float = LOOKUP_WAIT) -> None:
         self.names = list(dict.fromkeys(names))  # each name once, in the order given
         self.port = port
         self.self_address = _plain(self_address) if self_address else None
         self.sample = sample
+        self.wait = wait
         self._local: dict[str, bool] = {}
+        self._answers: dict[Address, list[str] | str] = {}
+        self._asked: set[Address] = set()  # lookups in flight
+        self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
+        self._todo: queue.SimpleQueue[Address | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
 
     @property
     def own_key(self) -> str | None:
@@ -62,11 +81,15 @@ class Resolver:
 
     def resolve(self) -> Resolution:
         found = Resolution(own=self.own_key)
-        workers = min(LOOKUPS_AT_ONCE, max(1, len(self.names)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="pytcpecho-resolve") as pool:
-            answers = list(pool.map(_lookup, self.names))
+        self._look_up()
+        with self._lock:
+            answers = dict(self._answers)
         self._local.clear()
-        for (name, port), answer in zip(self.names, answers, strict=True):
+        for name, port in self.names:
+            answer = answers.get((name, port))
+            if answer is None:
+                found.pending += 1
+                continue
             if isinstance(answer, str):
                 found.problems.append(f"{format_hostport(name, port)}: {answer}")
                 continue
@@ -82,6 +105,39 @@ class Resolver:
             found.dropped = len(found.peers) - len(keep)
             found.peers = {key: found.peers[key] for key in keep}
         return found
+
+    def _look_up(self) -> None:
+        """Ask again for every name not being looked up now; wait for the answers, at
+        most ``wait`` seconds.  An address is its own answer, at once."""
+        with self._lock:
+            for name in self.names:
+                if name in self._asked:
+                    continue
+                numeric = _numeric(name[0])
+                if numeric is not None:
+                    self._answers[name] = [numeric]
+                    continue
+                self._asked.add(name)
+                self._todo.put(name)
+            while len(self._threads) < min(LOOKUPS_AT_ONCE, len(self._asked)):
+                thread = threading.Thread(target=self._lookups, name="pytcpecho-lookup",
+                                          daemon=True)  # a lookup that hangs ends with us
+                thread.start()
+                self._threads.append(thread)
+            self._answered.wait_for(lambda: not self._asked, self.wait)
+
+    def _lookups(self) -> None:
+        while (name := self._todo.get()) is not None:
+            answer = _lookup(name)
+            with self._answered:
+                self._answers[name] = answer
+                self._asked.discard(name)
+                self._answered.notify_all()
+
+    def close(self) -> None:
+        """End the lookup threads (one in a lookup ends with it)."""
+        for _ in self._threads:
+            self._todo.put(None)
 
     def _is_local(self, ip: str) -> bool:
         """Whether ``ip`` is one of this host's addresses: only those can be bound to."""
@@ -115,6 +171,16 @@ def _lookup(name_port: Address) -> list[str] | str:
         return f"does not resolve ({exc})"
     ips = dict.fromkeys(peer_name(info[4])[0] for info in infos)
     return sorted(ips, key=_sort_key)
+
+
+def _numeric(name: str) -> str | None:
+    """``name`` as resolution would give it, if it is an IP address, else None."""
+    plain = name.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(plain.split("%")[0])
+    except ValueError:
+        return None
+    return _plain(plain)
 
 
 def _sort_key(ip: str) -> tuple[int, bytes]:

@@ -20,8 +20,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import netns
 import pytest
 from mesh_lab import HTTP_PORT, MeshLab, mesh_lab, wait_until
+from netns import NETNS_ETC, pytcpecho
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -256,3 +258,24 @@ def test_a_node_added_and_removed(lab: MeshLab) -> None:
 
 def metrics_text(lab: MeshLab, host: str) -> str:
     return lab.fetch(f"http://{lab.addresses[host]}:{HTTP_PORT}/metrics").decode()
+
+
+@pytest.mark.timeout(90)
+def test_names_slow_to_resolve_hold_up_no_peer() -> None:
+    """A DNS server that never answers (resolv.conf names an address no host has), and
+    forty peer names that wait on it, 3 s each, eight at a time: the peer given by its
+    address is checked at once all the same, and the node serves on."""
+    with netns.lab(["a", "b"]) as plain:
+        (NETNS_ETC / plain.ns["a"] / "resolv.conf").write_text(
+            "nameserver 198.18.0.250\noptions timeout:3 attempts:1\n")
+        plain.start("b", pytcpecho("serve", "--port", "8000", "-q")).wait_for("Server at ")
+        slow = [f"--peers=slow{i}.example" for i in range(40)]
+        node = plain.start("a", pytcpecho("mesh", *slow, "--peers", plain.addresses["b"],
+                                          "--interval", "1", "--port", "8000"))
+        node.wait_for("Server at ")
+        started = time.monotonic()
+        node.wait_for(rf"Peer {re.escape(plain.addresses['b'])}:8000.* -> intact", timeout=15)
+        waited = time.monotonic() - started
+        print(f"the peer given by address: intact {waited:.1f} s after the node started")
+        assert waited < 40 * 3 / 8  # sooner than the slow lookups could all have ended
+        assert node.proc.poll() is None
