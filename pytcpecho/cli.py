@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NoReturn
 
 from . import config, loadgen, logs, serving, supervisor, switch
@@ -283,17 +284,14 @@ def _server_options(p: argparse.ArgumentParser, mesh: bool) -> None:
 def _serve(args: argparse.Namespace) -> int:
     """serve: options from the environment too, and one process or a supervisor of many."""
     options = _serve_options(args)
-    if args.workers > 1:
-        if args.metrics_port is not None:
-            raise UsageError("--metrics-port serves one process's counters: use it without "
-                             "--workers (or run one serve per port)")
-        return supervisor.run(options, args.workers)
-    if args.metrics_port is None:
-        return serving.run(options)
-    from . import node  # prometheus_client: imported only where metrics are served
-    core = serving_core(args.core, args.mode).NAME
-    return serving.run(options, companion=lambda stats: node.metrics(
-        args.host, args.metrics_port, core, stats))
+    companion = None
+    if args.metrics_port is not None:
+        from . import node  # prometheus_client: imported only where metrics are served
+        core = serving_core(args.core, args.mode).NAME
+        companion = partial(node.metrics, args.host, args.metrics_port, core)
+    if args.workers > 1:  # the supervisor serves the metrics, of all its workers
+        return supervisor.run(options, args.workers, companion)
+    return serving.run(options, companion=companion)
 
 
 def _serve_options(args: argparse.Namespace) -> serving.ServeOptions:

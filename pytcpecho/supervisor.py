@@ -24,14 +24,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
 from . import logs
 from .constants import WORKERS_PER_CPU
 from .server import ServerStats, serving_core
-from .serving import COUNTERS, PROG, ServeOptions, log_summary
+from .serving import COUNTERS, PROG, Companion, ServeOptions, log_summary
 from .serving import run as serve
 from .sockets import listen_address
 from .status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
@@ -48,6 +50,8 @@ def max_workers() -> tuple[int, int]:
     return WORKERS_PER_CPU * cpus, cpus
 
 
+REPORT_EVERY = 1.0
+"""Seconds between two reports of a worker's counters, where the supervisor serves metrics."""
 STOP_MARGIN = 5.0  # seconds past --grace before a worker that has not stopped is killed
 QUICK_DEATH = 1.0  # a worker that dies younger than this is restarted after a pause
 _PR_SET_PDEATHSIG = 1
@@ -55,25 +59,44 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass
 class Worker:
-    """One server process and the pipe its final counters come back on."""
+    """One server process and the pipe its counters come back on: every REPORT_EVERY
+    seconds while it serves (where metrics are on), and once more as it exits."""
 
     index: int
     proc: subprocess.Popen[bytes]
     stats_fd: int
     started: float = field(default_factory=time.monotonic)
+    latest: dict[str, int] | None = None
+    _partial: bytes = b""
 
-    def counters(self) -> dict[str, int] | None:
-        """What the worker reported on a clean exit; None if it died without a word."""
+    def read_reports(self) -> None:
+        """Take what the worker has written so far (the pipe is non-blocking)."""
         data = b""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # EAGAIN: nothing more for now
             while chunk := os.read(self.stats_fd, 65536):
                 data += chunk
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in reversed(lines):
+            report = _parse_report(line)
+            if report is not None:
+                self.latest = report
+                return
+
+    def counters(self) -> dict[str, int] | None:
+        """What the worker reported last, on a clean exit; None if it died without it."""
+        self.read_reports()
         os.close(self.stats_fd)
-        try:
-            report = json.loads(data.decode())
-            return {key: int(report[key]) for key in COUNTERS}
-        except (ValueError, KeyError, TypeError):
+        if self.latest is None or not self.latest.get("final"):
             return None
+        return {key: self.latest[key] for key in COUNTERS}
+
+
+def _parse_report(line: bytes) -> dict[str, int] | None:
+    try:
+        report = json.loads(line.decode())
+        return {key: int(report[key]) for key in (*COUNTERS, "active", "final")}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -104,9 +127,12 @@ def _describe_exit(status: int) -> str:
 class Supervisor:
     """Runs ``count`` workers with the serve ``options`` until SIGTERM/SIGINT."""
 
-    def __init__(self, options: ServeOptions, count: int) -> None:
+    def __init__(self, options: ServeOptions, count: int,
+                 companion: Companion | None = None) -> None:
         self.options = options
         self.count = count
+        self.companion = companion
+        self._report_every = REPORT_EVERY if companion is not None else 0.0
         self.workers: dict[int, Worker] = {}
         self.totals = dict.fromkeys(COUNTERS, 0)
         self.lost = 0  # workers whose counters died with them
@@ -114,6 +140,7 @@ class Supervisor:
         self._signal: int | None = None
         self._fatal: int | None = None
         self._restart_at: dict[int, float] = {}
+        self._lock = threading.Lock()  # the workers' reports, read by the metrics thread
 
     # -- starting -------------------------------------------------------------
 
@@ -128,9 +155,10 @@ class Supervisor:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
+            os.set_blocking(read_fd, False)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pytcpecho.supervisor", spec, str(index),
-                 str(os.getpid()), str(write_fd)],
+                 str(os.getpid()), str(write_fd), str(self._report_every)],
                 pass_fds=(write_fd,), env=env,
                 start_new_session=True)  # a terminal's Ctrl-C reaches us only; we forward it
         except BaseException:
@@ -172,9 +200,10 @@ class Supervisor:
             spec = self._spec(bound[1])
             log.info("Supervisor (pid %d): %d worker%s on %s", os.getpid(), self.count,
                      plural(self.count), format_hostport(host or "*", bound[1]))
-            for index in range(1, self.count + 1):
-                self._spawn(index, spec)
-            self._watch(wake_r, spec)
+            with self.companion(self.stats) if self.companion else contextlib.nullcontext():
+                for index in range(1, self.count + 1):
+                    self._spawn(index, spec)
+                self._watch(wake_r, spec)
             return self._stop()
         finally:
             for worker in self.workers.values():  # only after an error: normally all reaped
@@ -209,8 +238,13 @@ class Supervisor:
             timeout = None
             if self._restart_at:
                 timeout = max(0.0, min(self._restart_at.values()) - time.monotonic())
-            select.select([wake_r], [], [], timeout)
+            ready = select.select([wake_r, *(w.stats_fd for w in self.workers.values())], [],
+                                  [], timeout)[0]
             _drain(wake_r)
+            for worker in self.workers.values():
+                if worker.stats_fd in ready:
+                    with self._lock:
+                        worker.read_reports()
             for worker in list(self.workers.values()):
                 if self._signal is None and worker.proc.poll() is not None:
                     self._bury(worker)
@@ -220,11 +254,25 @@ class Supervisor:
                     del self._restart_at[index]
                     self._spawn(index, spec)
 
+    def stats(self) -> ServerStats:
+        """The counters of every worker now: the dead ones' last and the living ones'
+        latest reports (each a second old at most)."""
+        with self._lock:
+            totals = dict(self.totals)
+            active = 0
+            for worker in self.workers.values():
+                if worker.latest is not None:
+                    active += worker.latest["active"]
+                    for key in COUNTERS:
+                        totals[key] += worker.latest[key]
+        return ServerStats(active=active, **totals)
+
     def _bury(self, worker: Worker) -> None:
         """Count what a dead worker reported and plan its replacement."""
-        del self.workers[worker.index]
+        with self._lock:
+            del self.workers[worker.index]
+            self._collect(worker)
         status = worker.proc.returncode
-        self._collect(worker)
         lived = time.monotonic() - worker.started
         if status == EXIT_USAGE and lived < QUICK_DEATH * 5:  # so would the others
             log.error("Worker %d (pid %d) could not start (status %d): stopping",
@@ -239,10 +287,14 @@ class Supervisor:
         self._restart_at[worker.index] = time.monotonic() + pause
 
     def _collect(self, worker: Worker) -> None:
+        """Add a dead worker's final counters (or, without them, its last report) to the
+        totals."""
         counters = worker.counters()
         if counters is None:
             self.lost += 1
-            return
+            if worker.latest is None:
+                return
+            counters = {key: worker.latest[key] for key in COUNTERS}
         for key, value in counters.items():
             self.totals[key] += value
 
@@ -262,8 +314,9 @@ class Supervisor:
                 worker.proc.wait()
             if worker.proc.returncode not in (0, -signal.SIGTERM):  # stopped before serving
                 failed = True
-            self._collect(worker)
-            del self.workers[worker.index]
+            with self._lock:
+                self._collect(worker)
+                del self.workers[worker.index]
         totals = ServerStats(active=0, **self.totals)
         if self.restarts or self.lost:
             log_summary(log, totals, " in %d worker%s (%d restarted, %d lost their counters)",
@@ -281,8 +334,9 @@ def _drain(fd: int) -> None:
             pass
 
 
-def run(options: ServeOptions, workers: int) -> int:
-    """``serve --workers N`` (N >= 2): the exit status; UsageError if they cannot run."""
+def run(options: ServeOptions, workers: int, companion: Companion | None = None) -> int:
+    """``serve --workers N`` (N >= 2): the exit status; UsageError if they cannot run.
+    ``companion`` runs beside the supervisor, on the sum of the workers' counters."""
     most, _ = max_workers()
     if not 1 <= workers <= most:
         raise UsageError(f"--workers must be 1 to {most} here ({WORKERS_PER_CPU} per CPU)")
@@ -291,7 +345,7 @@ def run(options: ServeOptions, workers: int) -> int:
         serving_core(options.core, options.mode)  # one error line here, not one per worker
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
-    return Supervisor(options, workers).run()
+    return Supervisor(options, workers, companion).run()
 
 
 # -- the worker side ------------------------------------------------------------
@@ -306,8 +360,10 @@ def die_with_parent(parent: int) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """A worker: the ordinary serve process with the supervisor's options, reporting on exit."""
+    """A worker: the ordinary serve process with the supervisor's options, reporting its
+    counters every few seconds (where the supervisor asks) and on exit."""
     index, parent, stats_fd = int(argv[1]), int(argv[2]), int(argv[3])
+    every = float(argv[4]) if len(argv) > 4 else 0.0
     try:
         options = ServeOptions.from_json(argv[0])
     except ValueError as exc:  # not from this version's supervisor: stop, do not respawn
@@ -316,13 +372,29 @@ def worker_main(argv: list[str]) -> int:
     die_with_parent(parent)
     logs.tag_records(worker=index, pid=os.getpid())
 
-    def report(stats: ServerStats) -> None:
-        counters = {key: getattr(stats, key) for key in COUNTERS}
+    def report(stats: ServerStats, final: bool = True) -> None:
+        counters = {key: getattr(stats, key) for key in (*COUNTERS, "active")}
+        line = json.dumps({"pid": os.getpid(), "final": int(final), **counters})
         with contextlib.suppress(BrokenPipeError):  # the supervisor died: nobody to tell
-            os.write(stats_fd, json.dumps({"pid": os.getpid(), **counters}).encode() + b"\n")
+            os.write(stats_fd, line.encode() + b"\n")  # one write, under PIPE_BUF: whole
+
+    @contextlib.contextmanager
+    def reporting(stats: Callable[[], ServerStats]) -> Iterator[None]:
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(every):
+                report(stats(), final=False)
+        thread = threading.Thread(target=loop, name="pytcpecho-report", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()  # before the final report: that one comes last
 
     try:
-        return serve(options, report)
+        return serve(options, report, reporting if every > 0 else None)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -10,6 +10,7 @@ import re
 import select
 import signal
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -250,3 +251,42 @@ def test_ctrl_c_while_the_workers_start_is_quiet() -> None:
         output = server.output()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert output.splitlines()[-1].startswith("Served 0 connections"), output
+
+
+def metric(url: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` at ``url`` now."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+    with urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == name and not s.labels)
+
+
+def test_metrics_of_every_worker_in_one_place() -> None:
+    """serve --workers 3 --metrics-port: the supervisor serves the sum of its workers'
+    counters, each reported every second, and a worker's count outlives the worker."""
+    probe = socket.socket()
+    probe.bind((LOCALHOST, 0))
+    metrics_port = probe.getsockname()[1]
+    probe.close()
+    with ServeProcess("--port", "0", "--workers", "3", "-q",
+                      "--metrics-port", str(metrics_port)) as server:
+        port, pids = started(server, 3)
+        url = f"http://{LOCALHOST}:{metrics_port}/metrics"
+        echo_many(port, 30, size=100)
+        deadline = time.monotonic() + 10
+        while metric(url, "pytcpecho_connections_total") < 30:
+            assert time.monotonic() < deadline, "the workers' reports never added up to 30"
+            time.sleep(0.1)  # polling a counter that a report updates every second
+        assert metric(url, "pytcpecho_bytes_echoed_total") == 3000
+        os.kill(pids[1], signal.SIGKILL)  # its last report stays counted
+        server.wait_for(r"^Worker 1 started \(pid \d+\)$")
+        echo_many(port, 6, size=100)
+        deadline = time.monotonic() + 10
+        while metric(url, "pytcpecho_connections_total") < 36:
+            assert time.monotonic() < deadline, "the count went back after a worker died"
+            time.sleep(0.1)  # as above
+        assert metric(url, "pytcpecho_connections_total") == 36
+        assert server.stop() == 0
