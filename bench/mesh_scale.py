@@ -13,12 +13,17 @@ the series one node exports.  Needs root (namespaces), as the netns tests do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -40,20 +45,50 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def statuses(lab: MeshLab) -> dict[str, dict[str, Any]]:
+    """Every node's /status, asked eight at a time; a node too busy to answer is left out."""
+    def ask(host: str) -> tuple[str, dict[str, Any] | None]:
+        try:
+            return host, lab.status(host)
+        except RuntimeError as exc:
+            print(f"{host}: {str(exc)[-200:]}", file=sys.stderr)
+            return host, None
+    with ThreadPoolExecutor(8) as pool:
+        return {h: s for h, s in pool.map(ask, list(lab.nodes)) if s is not None}
+
+
 def all_checked(lab: MeshLab) -> bool:
     """Every node has a ping and a bulk result for every other node."""
-    for host in lab.nodes:
-        try:
-            peers = lab.status(host)["peers"]
-        except RuntimeError as exc:  # a node too busy to answer in time: ask again
-            print(f"{host}: {str(exc)[-200:]}", file=sys.stderr)
-            return False
+    answers = statuses(lab)
+    if len(answers) < len(lab.nodes):
+        return False
+    for status in answers.values():
+        peers = status["peers"]
         if len(peers) != len(lab.nodes) - 1:
             return False
         if any(p["checks"]["ping"] is None or p["checks"]["bulk"] is None
                for p in peers.values()):
             return False
     return True
+
+
+NEIGH = Path("/proc/sys/net/ipv4/neigh/default")
+NEIGH_ROOM = {"gc_thresh1": 8192, "gc_thresh2": 16384, "gc_thresh3": 32768}
+"""The kernel's ARP table is one for all namespaces, and its default limit (1024 entries)
+overflows at about 40 nodes on one subnet, each knowing every other: room for the lab."""
+
+
+@contextlib.contextmanager
+def neighbour_room() -> Iterator[None]:
+    before = {name: (NEIGH / name).read_text() for name in NEIGH_ROOM}
+    try:
+        for name, value in NEIGH_ROOM.items():
+            if int(before[name]) < value:
+                (NEIGH / name).write_text(str(value))
+        yield
+    finally:
+        for name in reversed(list(NEIGH_ROOM)):  # thresh3 last down, as it went up first
+            (NEIGH / name).write_text(before[name])
 
 
 def main() -> int:
@@ -63,7 +98,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("extra", nargs="*", help="more options for every node")
     args = parser.parse_args()
-    with mesh_lab(args.nodes, spare=0) as lab:
+    with neighbour_room(), mesh_lab(args.nodes, spare=0) as lab:
         for host in lab.members:
             lab.start_node(host, *args.extra)
         started = time.monotonic()
@@ -81,7 +116,10 @@ def main() -> int:
         rss = {h: rss_mib(pid) for h, pid in pids.items()}
         metrics = lab.fetch(f"http://{lab.addresses['n1']}:{HTTP_PORT}/metrics").decode()
         series = sum(1 for line in metrics.splitlines() if line and not line.startswith("#"))
-        states = lab.states()
+        states = {(h, k): p["state"] for h, st in statuses(lab).items()
+                  for k, p in st["peers"].items()}
+        problems = Counter(p["problem"].split(":")[0] for st in statuses(lab).values()
+                           for p in st["peers"].values() if p["problem"])
     report = {
         "nodes": args.nodes, "options": args.extra or "defaults",
         "seconds_until_every_pair_checked": round(covered, 1),
@@ -92,6 +130,8 @@ def main() -> int:
         "series_per_node": series,
         "pairs_intact": sum(1 for s in states.values() if s == "intact"),
         "pairs": len(states),
+        "states": Counter(states.values()),
+        "problems": problems.most_common(5),
         "measured_s": round(elapsed, 1),
     }
     print(json.dumps(report, indent=2))
