@@ -48,6 +48,7 @@ from .constants import (
     MESH_MAX_CONCURRENCY,
     MESH_MAX_PEERS,
     MESH_METRICS_PORT,
+    MESH_MIN_INTERVAL,
     MESH_RESOLVE_INTERVAL,
     MESH_TIMEOUT,
     MIN_INTERVAL,
@@ -194,6 +195,7 @@ WORKERS = _arg(_workers, "count")
 NETWORK = _arg(_network, "network")
 SECONDS = _arg(_seconds, "seconds")
 INTERVAL = _arg(lambda t: _seconds(t, MIN_INTERVAL), "seconds")
+MESH_SECONDS = _arg(lambda t: _seconds(t, MESH_MIN_INTERVAL), "seconds")
 COUNT = _arg(_count, "count")
 CLIENT_CORE = _arg(_runnable_core, "core")
 PORT = _arg(lambda t: parse_port(t, allow_zero=True), "port")
@@ -386,7 +388,7 @@ def _add_mesh(sub: argparse._SubParsersAction[_Parser]) -> None:
                         "host has, with --port)")
     p.add_argument("--name", default=None,
                    help="this node's name on the status page (default: the host name)")
-    p.add_argument("--interval", type=SECONDS, default=MESH_INTERVAL,
+    p.add_argument("--interval", type=MESH_SECONDS, default=MESH_INTERVAL,
                    help=f"seconds between two pings of a peer (default: {MESH_INTERVAL:g})")
     p.add_argument("--bulk-every", type=COUNT, default=MESH_BULK_EVERY, metavar="N",
                    help="a bulk check of each peer every N intervals (default: "
@@ -396,7 +398,7 @@ def _add_mesh(sub: argparse._SubParsersAction[_Parser]) -> None:
                         f"{MESH_BULK_SIZE >> 20}MiB)")
     p.add_argument("--timeout", type=SECONDS, default=MESH_TIMEOUT,
                    help=f"seconds a check may take, in all (default: {MESH_TIMEOUT:g})")
-    p.add_argument("--resolve-interval", type=SECONDS, default=MESH_RESOLVE_INTERVAL,
+    p.add_argument("--resolve-interval", type=MESH_SECONDS, default=MESH_RESOLVE_INTERVAL,
                    help="seconds between two lookups of the peer names (default: "
                         f"{MESH_RESOLVE_INTERVAL:g})")
     p.add_argument("--concurrency", type=_arg(_concurrency, "count"),

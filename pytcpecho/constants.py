@@ -76,6 +76,8 @@ MESH_BULK_SIZE = 1 << 20
 MESH_MAX_BULK = 1 << 30
 MESH_TIMEOUT = 5.0
 MESH_RESOLVE_INTERVAL = 30.0
+MESH_MIN_INTERVAL = 0.1
+"""Shortest --interval and --resolve-interval: a peer checked more often is a load test."""
 MESH_CONCURRENCY = 16
 MESH_MAX_CONCURRENCY = 1024
 MESH_MAX_PEERS = 4096

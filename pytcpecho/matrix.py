@@ -24,6 +24,10 @@ from .units import format_hostport, parse_hostport
 
 GATHER_TIMEOUT = 3.0
 GATHER_AT_ONCE = 16
+GATHER_BUDGET = 10.0
+"""Seconds one gathering may take in all: peers not asked by then are rows that say so."""
+MAX_PAGE_NODES = 200
+"""Rows and columns the page shows at most (the first, in address order); /mesh has all."""
 MAX_STATUS_BYTES = 8 << 20
 """A /status larger than this is not a peer's (4096 peers fit in a few MB)."""
 SELF = "this node"
@@ -36,17 +40,21 @@ def gather(mesh: Mesh, http_port: int) -> dict[str, Any]:
     peers = [(key, peer.address[0]) for key, peer in
              ((p.key, p) for p in mesh.snapshot())]
     nodes: dict[str, Any] = {me: {**own, "reached": True, "error": None}}
+    deadline = time.monotonic() + GATHER_BUDGET
     with ThreadPoolExecutor(min(GATHER_AT_ONCE, max(1, len(peers))),
                             thread_name_prefix="pytcpecho-gather") as pool:
         for key, answer in zip([k for k, _ in peers],
-                               pool.map(lambda p: _fetch(p[1], http_port), peers),
+                               pool.map(lambda p: _fetch(p[1], http_port, deadline), peers),
                                strict=True):
             nodes[key] = answer
     return {"from": me, "time": round(time.time(), 3), "nodes": nodes}
 
 
-def _fetch(ip: str, port: int) -> dict[str, Any]:
+def _fetch(ip: str, port: int, deadline: float) -> dict[str, Any]:
     url = f"http://{format_hostport(ip, port)}/status"
+    if time.monotonic() >= deadline:  # a large mesh: the page comes in time, partly
+        return {"reached": False, "peers": {},
+                "error": f"not asked: the {GATHER_BUDGET:g} s for gathering were up"}
     try:
         with urllib.request.urlopen(url, timeout=GATHER_TIMEOUT) as answer:
             body = answer.read(MAX_STATUS_BYTES + 1)
@@ -88,16 +96,19 @@ small { color: #555; } .legend td { text-align: left; }
 def render(matrix: Mapping[str, Any]) -> str:
     """The matrix as an HTML page: rows check columns."""
     nodes: Mapping[str, Any] = matrix.get("nodes", {})
-    columns = sorted({*nodes, *(k for n in nodes.values() for k in n.get("peers", {}))},
-                     key=_order)
-    rows = sorted(nodes, key=_order)
+    every = sorted({*nodes, *(k for n in nodes.values() for k in n.get("peers", {}))},
+                   key=_order)
+    columns = every[:MAX_PAGE_NODES]
+    rows = sorted(nodes, key=_order)[:MAX_PAGE_NODES]
     names = {key: _name(key, nodes) for key in columns}
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            "<title>pytcpecho mesh</title>", f"<style>{_STYLE}</style></head><body>",
            "<h1>pytcpecho mesh</h1>",
            f"<p>Gathered by {_e(matrix.get('from', '?'))} at "
            f"{_e(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(matrix.get('time', 0))))}"
-           f": {len(rows)} node(s) reporting on {len(columns)}. Rows check columns.</p>",
+           f": {len(nodes)} node(s) reporting on {len(every)}. Rows check columns."
+           + (f" The first {MAX_PAGE_NODES} are shown; /mesh has them all." if
+              len(every) > MAX_PAGE_NODES else "") + "</p>",
            '<table id="matrix"><thead><tr><th>from \\ to</th>']
     out += [f'<th title="{_e(key)}">{_e(names[key])}</th>' for key in columns]
     out.append("</tr></thead><tbody>")

@@ -10,8 +10,10 @@ Three kinds of thread share one table of peers under one lock:
   so the checks of N nodes spread over the interval instead of firing at once;
   a peer whose last check is still running skips a round rather than pile up;
 - ``concurrency`` check threads take the due peers from a queue and run the
-  checks (a ping each interval, a bulk check every ``bulk_every``), each bounded
-  by ``timeout``: a dead peer holds one thread for one timeout, never the others.
+  checks (a ping each interval, a bulk check every ``bulk_every``, in a round
+  drawn at random for each peer, so the bulk transfers of a mesh that starts at
+  once spread over that many intervals too), each bounded by ``timeout``: a dead
+  peer holds one thread for one timeout, never the others.
 
 Each peer's state is read from its last checks: intact, down (the ping failed),
 corrupt (an echo differed), mtu (pings intact while nothing of a bulk transfer
@@ -120,6 +122,8 @@ class PeerState:
     problem: str | None = None
     state_since: float = 0.0
     rounds: int = 0
+    bulk_phase: int = 0
+    """The round, modulo bulk_every, of this peer's bulk checks."""
     busy: bool = False
     generation: int = 0
 
@@ -281,6 +285,7 @@ class Mesh:
                 else self.options.interval
             for key in added:
                 peer = PeerState(key, found.peers[key], now, state_since=now,
+                                 bulk_phase=self._random.randrange(self.options.bulk_every),
                                  generation=next(self._generations))
                 self._peers[key] = peer
                 first = time.monotonic() + self._random.uniform(0, spread)
@@ -356,7 +361,7 @@ class Mesh:
         options = self.options
         ping = checks.ping(self.core, peer.address, options.timeout)
         self._record(peer, ping)
-        if round_ % options.bulk_every == 0 and not self._stop.is_set():
+        if round_ % options.bulk_every == peer.bulk_phase and not self._stop.is_set():
             self._record(peer, checks.bulk(self.core, peer.address, options.bulk_size,
                                            options.timeout))
 
@@ -384,4 +389,4 @@ def _copy(peer: PeerState) -> PeerState:
         peer.key, peer.address, peer.added, peer.name,
         {check: CheckState(s.last, s.since, dict(s.counts)) for check, s in peer.checks.items()},
         list(peer.rtt_counts), peer.rtt_sum, peer.state, peer.problem, peer.state_since,
-        peer.rounds, peer.busy, peer.generation)
+        peer.rounds, peer.bulk_phase, peer.busy, peer.generation)

@@ -65,7 +65,7 @@ class Resolver:
         self.sample = sample
         self.wait = wait
         self._local: dict[str, bool] = {}
-        self._answers: dict[Address, list[str] | str] = {}
+        self._answers: dict[Address, list[str] | str] = {}  # the last answer for each name
         self._asked: set[Address] = set()  # lookups in flight
         self._lock = threading.Lock()
         self._answered = threading.Condition(self._lock)
@@ -93,6 +93,9 @@ class Resolver:
             if isinstance(answer, str):
                 found.problems.append(f"{format_hostport(name, port)}: {answer}")
                 continue
+            if isinstance(answer, _Kept):
+                found.problems.append(f"{format_hostport(name, port)}: {answer.why}; "
+                                      f"checking its last {len(answer)} address(es)")
             for ip in answer:
                 key = peer_key((ip, port))
                 if port == self.port and (ip == self.self_address or self._is_local(ip)):
@@ -130,6 +133,9 @@ class Resolver:
         while (name := self._todo.get()) is not None:
             answer = _lookup(name)
             with self._answered:
+                before = self._answers.get(name)
+                if isinstance(answer, _ForNow) and isinstance(before, list):
+                    answer = _Kept(before, answer)  # a DNS hiccup forgets no peer
                 self._answers[name] = answer
                 self._asked.discard(name)
                 self._answered.notify_all()
@@ -160,17 +166,32 @@ def rendezvous(me: str, keys: Iterable[str], count: int) -> list[str]:
     return sorted(keys, key=weight)[:count]
 
 
+class _ForNow(str):
+    """Why a name did not resolve this time, where it may next time (EAI_AGAIN: the
+    DNS server did not answer): the name keeps the addresses it had."""
+
+
 def _lookup(name_port: Address) -> list[str] | str:
     """Every address ``name`` resolves to (TCP), in a stable order; or why none."""
     name, port = name_port
     try:
         infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            return _ForNow(f"does not resolve for now ({exc.strerror})")
         return f"does not resolve ({exc.strerror})"
     except (UnicodeError, OSError) as exc:
         return f"does not resolve ({exc})"
     ips = dict.fromkeys(peer_name(info[4])[0] for info in infos)
     return sorted(ips, key=_sort_key)
+
+
+class _Kept(list[str]):
+    """A name's last addresses, kept while its lookups fail for now, and why they do."""
+
+    def __init__(self, addresses: list[str], why: str) -> None:
+        super().__init__(addresses)
+        self.why = why
 
 
 def _numeric(name: str) -> str | None:

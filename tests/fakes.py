@@ -208,3 +208,36 @@ def echo_then_close(after: int, reset: bool = False) -> Handler:
         while conn.recv(1 << 16):
             pass
     return handle
+
+
+DNS_SERVER = r'''
+import os, socket, struct, sys
+pause, records = sys.argv[1], {}
+for item in sys.argv[3:]:
+    name, _, addrs = item.partition("=")
+    records[name.lower()] = [socket.inet_aton(a) for a in addrs.split(",")]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[2], 53))
+print("listening", flush=True)
+while True:
+    query, client = sock.recvfrom(512)
+    if os.path.exists(pause) or len(query) < 17:
+        continue
+    labels, i = [], 12
+    while query[i]:
+        labels.append(query[i + 1:i + 1 + query[i]].decode())
+        i += 1 + query[i]
+    qtype = struct.unpack("!H", query[i + 1:i + 3])[0]
+    question = query[12:i + 5]
+    found = records.get(".".join(labels).lower())
+    answers = found if found is not None and qtype == 1 else []
+    rcode = 3 if found is None else 0  # NXDOMAIN for a name it does not know
+    head = struct.pack("!HHHHHH", struct.unpack("!H", query[:2])[0], 0x8180 | rcode, 1,
+                       len(answers), 0, 0)
+    body = b"".join(struct.pack("!HHHIH", 0xC00C, 1, 1, 0, 4) + a for a in answers)
+    sock.sendto(head + question + body, client)
+'''
+"""A DNS server to run as ``python -c DNS_SERVER PAUSE_FILE ADDR NAME=ADDR,...`` (port 53,
+so in a namespace of its own): A queries answered from the arguments, AAAA with no
+records, other names NXDOMAIN; while PAUSE_FILE exists, no answer at all (glibc's
+lookups then fail with EAI_AGAIN, as when a DNS server is down)."""

@@ -39,7 +39,7 @@ PROMETHEUS_PORT = 9090
 SUBNETS = ("198.18.1", "198.18.2")
 assert all(s.startswith("198.18.") for s in SUBNETS), "only 198.18.0.0/15 may be used"
 
-_FETCH = ("import sys, urllib.request\n"
+FETCH = ("import sys, urllib.request\n"
           "with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:\n"
           "    sys.stdout.buffer.write(r.read())\n")
 
@@ -149,7 +149,7 @@ class MeshLab(Lab):
     def fetch(self, url: str, timeout: float = 10) -> bytes:
         """GET ``url`` from the router's namespace (which reaches every node)."""
         result = subprocess.run(["ip", "netns", "exec", self.router_ns, sys.executable, "-c",
-                                 _FETCH, url, str(timeout)], capture_output=True,
+                                 FETCH, url, str(timeout)], capture_output=True,
                                 timeout=timeout + 10)
         if result.returncode != 0:
             raise RuntimeError(f"GET {url}: {result.stderr.decode(errors='replace')[-500:]}")

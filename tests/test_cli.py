@@ -6,6 +6,7 @@ runs a server, a client or the entry points goes through a real process.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fakes import closed_port, echo_held_back, fake_server, flipping_echo
@@ -23,7 +25,7 @@ from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, require
 
 from pytcpecho import EchoClient, EchoError, EchoServer, __version__, supervisor
 from pytcpecho import core as cores
-from pytcpecho.cli import COMMANDS, main
+from pytcpecho.cli import COMMANDS, build_parser, main
 from pytcpecho.constants import WORKERS_PER_CPU
 from pytcpecho.loadgen import BenchConfig
 
@@ -620,3 +622,16 @@ def test_ctrl_c_stops_ping_with_the_summary_so_far() -> None:
     assert done >= 2 and "Traceback" not in "\n".join(lines), lines
     assert re.fullmatch(rf"{done} pings to 127\.0\.0\.1:\d+ \(interrupted, {done} of 100\), "
                         r"all intact: time min/avg/max = [\d.]+/[\d.]+/[\d.]+ ms", lines[-1]), lines
+
+
+def test_the_readme_documents_every_option() -> None:
+    """Each long option of each command is named in the README: an option added without
+    a word there fails here."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {option}" for name, command in sub.choices.items()
+               for action in command._actions for option in action.option_strings
+               if option.startswith("--") and option != "--help"
+               and f"`{option}" not in readme]
+    assert not missing, missing

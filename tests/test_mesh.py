@@ -736,25 +736,26 @@ PEER = f"--peers={LOCALHOST}:1"
     (["mesh", PEER, "--sample-peers", "-1"], "argument --sample-peers: invalid count -1"),
     (["mesh", PEER, "--self", "not-an-address"], "argument --self: invalid address"),
     (["mesh", PEER, "--interval", "0"], "argument --interval: invalid duration '0'"),
-    (["serve", "--metrics-port", "17002", "--workers", "2"],
-     "--metrics-port serves one process's counters"),
+    (["mesh", PEER, "--resolve-interval", "0.05"],
+     "argument --resolve-interval: invalid duration '0.05': at least 0.1 seconds"),
 ], ids=["no-peers", "same-port", "bulk-2GiB", "sample-negative", "self", "interval-0",
-        "serve-workers"])
+        "resolve-too-often"])
 def test_bad_input_is_one_line(args: list[str], words: str) -> None:
     """Each is refused before anything listens: one line naming what is wrong, status 2."""
     line = assert_one_line_error(cli(*args, timeout=30, env={"PYTCPECHO_PEERS": ""}), 2)
     assert line.startswith(f"pytcpecho {args[0]}: error: ") and words in line, line
 
 
-@pytest.mark.parametrize("command", ["mesh", "serve"])
+@pytest.mark.parametrize("command", ["mesh", "serve", "serve --workers 2"])
 def test_metrics_port_in_use_is_one_line(command: str) -> None:
     """A metrics port another socket listens on: exit 2 with one line naming the port,
-    not a traceback, and nothing left serving."""
+    not a traceback, and nothing left serving (with --workers, before any worker starts)."""
     with socket.create_server((LOCALHOST, 0)) as taken:
         port = taken.getsockname()[1]
         extra = [PEER] if command == "mesh" else []
-        result = cli(command, "--host", LOCALHOST, "--port", "0", "--metrics-port",
+        result = cli(*command.split(), "--host", LOCALHOST, "--port", "0", "--metrics-port",
                      str(port), *extra, timeout=30)
+    assert "Worker 1 started" not in result.stdout
     line = assert_one_line_error(result, 2)
     assert f"cannot serve metrics on {LOCALHOST}:{port}: Address already in use" in line
     assert "Traceback" not in result.stdout

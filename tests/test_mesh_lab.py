@@ -16,13 +16,15 @@ import os
 import re
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import netns
 import pytest
-from mesh_lab import HTTP_PORT, MeshLab, mesh_lab, wait_until
+from fakes import DNS_SERVER
+from mesh_lab import FETCH, HTTP_PORT, MeshLab, mesh_lab, wait_until
 from netns import NETNS_ETC, pytcpecho
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -279,3 +281,33 @@ def test_names_slow_to_resolve_hold_up_no_peer() -> None:
         print(f"the peer given by address: intact {waited:.1f} s after the node started")
         assert waited < 40 * 3 / 8  # sooner than the slow lookups could all have ended
         assert node.proc.poll() is None
+
+
+@pytest.mark.timeout(90)
+def test_a_dns_server_that_stops_answering_forgets_no_peer(tmp_path: Path) -> None:
+    """The peers' name comes from a real DNS server; when it stops answering (lookups fail
+    with EAI_AGAIN), the node keeps checking the addresses the name had, and says so."""
+    with netns.lab(["a", "b", "dns"]) as plain:
+        pause = tmp_path / "pause"
+        dns, b = plain.addresses["dns"], plain.addresses["b"]
+        plain.start("dns", [sys.executable, "-c", DNS_SERVER, str(pause), dns,
+                            f"peers.test={b}"]).wait_for("listening")
+        (NETNS_ETC / plain.ns["a"] / "resolv.conf").write_text(
+            f"nameserver {dns}\noptions timeout:1 attempts:1\n")
+        plain.start("b", pytcpecho("serve", "--port", "8000", "-q")).wait_for("Server at ")
+        node = plain.start("a", pytcpecho("mesh", "--peers", "peers.test", "--port", "8000",
+                                          "--interval", "0.5", "--resolve-interval", "0.5"))
+        node.wait_for(rf"Peer {re.escape(b)}:8000.* -> intact", timeout=20)
+        pause.touch()
+        node.wait_for(r"Peer peers\.test:8000: does not resolve for now \(.*\); checking its "
+                      r"last 1 address", timeout=20)
+
+        def pings_of_b() -> int:
+            result = plain.run("a", [sys.executable, "-c", FETCH,
+                                     f"http://127.0.0.1:{HTTP_PORT}/metrics", "5"])
+            found = re.search(rf'pytcpecho_peer_checks_total\{{check="ping",peer="'
+                              rf'{re.escape(b)}:8000",result="intact"\}} (\S+)', result.stdout)
+            return int(float(found[1])) if found else 0
+        before = pings_of_b()
+        wait_until("b still checked while DNS is down", lambda: pings_of_b() >= before + 3, 15)
+        assert not any("left" in line for line in node.lines_so_far()), node.lines
