@@ -96,8 +96,10 @@ class _Check:
         self.target = format_hostport(*address)
         self.received = 0
         self.started = 0.0
+        self.deadline = 0.0
 
     def run(self) -> Outcome:
+        self.deadline = time.monotonic() + self.timeout
         try:
             sock = self._connect()
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
@@ -127,7 +129,8 @@ class _Check:
         cut = threading.Event()
         watchdog = None
         if self.check == "bulk":  # the whole check within the timeout, however data trickles
-            watchdog = threading.Timer(self.timeout, _cut, (sock, cut))
+            left = max(0.001, self.deadline - time.monotonic())
+            watchdog = threading.Timer(left, _cut, (sock, cut))
             watchdog.daemon = True
             watchdog.start()
         session: ClientSession = probe

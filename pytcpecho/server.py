@@ -603,7 +603,7 @@ class EchoServer:
                 self._failed += 1
             elif cause == _IDLE:
                 self._timed_out += 1
-            else:
+            else:  # _LIMIT
                 self._over_limit += 1
             if not self._conns or self._closing:
                 self._changed.notify_all()  # drain() waits for the last one

@@ -87,6 +87,11 @@ def wait_prometheus(lab: MeshLab, promql: str, want: set[tuple[str, str]],
         return got == want, got
     wait_until(f"Prometheus: {promql} gives {sorted(want)}", lambda: answer()[0] or None,
                timeout)
+    print(f"Prometheus: {promql}: {len(want)} series, {show(want)}")
+
+
+def show(pairs: set[tuple[str, str]]) -> str:
+    return " ".join(f"{a}->{b}" for a, b in sorted(pairs)) or "none"
 
 
 @pytest.mark.timeout(150)
@@ -114,6 +119,7 @@ def test_path_mtu_blackhole_between_the_subnets(lab: MeshLab, tmp_path: Path) ->
     try:
         wait_until("the pairs across the router flagged mtu",
                    lambda: flagged(lab, "mtu") == across or None, 30)
+        print(f"mtu: flagged {show(across)}")
         for a, b in across:
             peer = lab.status(a)["peers"][lab.key(b)]
             assert peer["checks"]["ping"]["result"] == "intact", peer
@@ -158,6 +164,8 @@ def test_corruption_on_one_node(lab: MeshLab, tmp_path: Path) -> None:
     try:
         wait_until("every bulk check to n2 a mismatch",
                    lambda: flagged(lab, "corrupt") == to_n2 or None, 30)
+        print(f"corrupt: flagged {show(to_n2)}: " + ", ".join(
+            f"{a}: {lab.status(a)['peers'][lab.key('n2')]['problem']}" for a, _ in sorted(to_n2)))
         for a, _ in to_n2:
             peer = lab.status(a)["peers"][lab.key("n2")]
             assert peer["checks"]["bulk"]["result"] == "mismatch"
@@ -221,6 +229,9 @@ def test_a_node_killed_and_back(lab: MeshLab) -> None:
     lab.kill_node("n6")
     to_n6 = {(a, "n6") for a in lab.members if a != "n6"}
     wait_until("every node reports n6 down", lambda: flagged(lab, "down") == to_n6 or None, 20)
+    print(f"down: flagged {show(to_n6)}, " + ", ".join(
+        f"{a} after {lab.status(a)['peers'][lab.key('n6')]['since'] - killed_at:.2f} s"
+        for a, _ in sorted(to_n6)))
     for a, _ in to_n6:
         peer = lab.status(a)["peers"][lab.key("n6")]
         assert peer["checks"]["ping"]["result"] == "refused", peer
@@ -243,6 +254,7 @@ def test_a_node_added_and_removed(lab: MeshLab) -> None:
         if host != "n7":
             ping = lab.status(host)["peers"][lab.key("n7")]["checks"]["ping"]
             assert ping["since"] - added_at <= RESOLVE + 1.0 + 0.5, (host, ping, added_at)
+            print(f"n7 added: {host} checked it {ping['since'] - added_at:.2f} s later")
     wait_prometheus(lab, f'pytcpecho_peer_up{{peer="{lab.key("n7")}"}} == 1',
                     {(a, "n7") for a in lab.members if a != "n7"})
     lab.set_members([h for h in lab.members if h != "n7"])
