@@ -125,13 +125,14 @@ def _positive_size(text: str) -> int:
     return size
 
 
-def _message_size(text: str) -> int:
-    """serve's --size: a buffer each connection holds, so at most MAX_MESSAGE_SIZE."""
-    size = _positive_size(text)
-    if size > MAX_MESSAGE_SIZE:
-        raise ValueError(f"invalid size {quote(text)}: at most {MAX_MESSAGE_SIZE >> 20} MiB "
-                         "(each connection holds a buffer of this size)")
-    return size
+def _size_at_most(limit: int, why: str) -> Callable[[str], int]:
+    """A positive size of at most ``limit`` bytes (whole MiB), refused saying ``why``."""
+    def size_at_most(text: str) -> int:
+        size = _positive_size(text)
+        if size > limit:
+            raise ValueError(f"invalid size {quote(text)}: at most {limit >> 20} MiB ({why})")
+        return size
+    return size_at_most
 
 
 def _seconds(text: str, least: float = MIN_TIMEOUT) -> float:
@@ -190,7 +191,8 @@ def _runnable_core(name: str) -> str:
 
 
 SIZE = _arg(_positive_size, "size")
-MESSAGE_SIZE = _arg(_message_size, "size")
+MESSAGE_SIZE = _arg(_size_at_most(MAX_MESSAGE_SIZE, "each connection holds a buffer of "
+                                                    "this size"), "size")
 WORKERS = _arg(_workers, "count")
 NETWORK = _arg(_network, "network")
 SECONDS = _arg(_seconds, "seconds")
@@ -362,12 +364,7 @@ def _concurrency(text: str) -> int:
     return value
 
 
-def _bulk_size(text: str) -> int:
-    size = _positive_size(text)
-    if size > MESH_MAX_BULK:
-        raise ValueError(f"invalid size {quote(text)}: at most {MESH_MAX_BULK >> 20} MiB "
-                         "(every peer gets one each bulk round)")
-    return size
+BULK_SIZE = _arg(_size_at_most(MESH_MAX_BULK, "every peer gets one each bulk round"), "size")
 
 
 def _add_mesh(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -393,7 +390,7 @@ def _add_mesh(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--bulk-every", type=COUNT, default=MESH_BULK_EVERY, metavar="N",
                    help="a bulk check of each peer every N intervals (default: "
                         f"{MESH_BULK_EVERY})")
-    p.add_argument("--bulk-size", type=_arg(_bulk_size, "size"), default=MESH_BULK_SIZE,
+    p.add_argument("--bulk-size", type=BULK_SIZE, default=MESH_BULK_SIZE,
                    help=f"bytes each bulk check streams and verifies (default: "
                         f"{MESH_BULK_SIZE >> 20}MiB)")
     p.add_argument("--timeout", type=SECONDS, default=MESH_TIMEOUT,

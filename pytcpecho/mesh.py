@@ -147,11 +147,15 @@ class PeerState:
         }
 
 
-def diagnose(ping: Outcome | None, bulk: Outcome | None) -> tuple[str, str | None]:
+def diagnose(ping: Outcome | None, bulk: Outcome | None,
+             ping_since: float = 0.0) -> tuple[str, str | None]:
     """A peer's state and its problem in words (what the state word does not say), from
-    its last ping and bulk check."""
+    its last ping and bulk check.  A bulk check older than ``ping_since`` (when the
+    pings' present result began) is from before the peer came back, and not read."""
     if ping is None:
         return "unknown", None
+    if bulk is not None and bulk.at < ping_since:
+        bulk = None
     for outcome in (ping, bulk):
         if outcome is not None and outcome.result == "mismatch":
             return "corrupt", f"{outcome.check} check: {outcome.detail}"
@@ -372,7 +376,8 @@ class Mesh:
             peer.checks[outcome.check].record(outcome)
             if outcome.check == "ping" and outcome.intact:
                 peer.observe_rtt(outcome.seconds)
-            state, problem = diagnose(peer.checks["ping"].last, peer.checks["bulk"].last)
+            ping = peer.checks["ping"]
+            state, problem = diagnose(ping.last, peer.checks["bulk"].last, ping.since)
             before = peer.state
             peer.problem = problem
             if state != before:

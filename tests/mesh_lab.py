@@ -181,36 +181,32 @@ class MeshLab(Lab):
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True,
                        check=True, capture_output=True, timeout=20)
 
+    def _table(self, host: str | None, name: str, hook: str, rule: str, on: bool) -> None:
+        """nftables table ``name`` with ``rule`` on ``hook`` in ``host``'s namespace (None:
+        the router's), or (``on=False``) that table deleted."""
+        if on:
+            self.nft(host, f"table inet {name} {{\n chain c {{\n"
+                     f"  type filter hook {hook};\n  {rule}\n }}\n}}\n")
+        else:
+            self.nft(host, f"delete table inet {name}\n")
+
     def mtu_blackhole(self, on: bool, mtu: int = 1400) -> None:
         """The router's link into subnet 2 carries at most ``mtu`` bytes a packet, and the
         ICMP 'fragmentation needed' it sends is dropped; ``on=False`` mends it."""
-        if on:
-            self.ip(None, "link", "set", "br1", "mtu", str(mtu))
-            self.nft(None, "table inet pmtu {\n chain out {\n"
-                     "  type filter hook output priority 0;\n"
-                     "  icmp type destination-unreachable icmp code frag-needed drop\n }\n}\n")
-        else:
-            self.nft(None, "delete table inet pmtu\n")
-            self.ip(None, "link", "set", "br1", "mtu", "1500")
+        self.ip(None, "link", "set", "br1", "mtu", str(mtu if on else 1500))
+        self._table(None, "pmtu", "output priority 0",
+                    "icmp type destination-unreachable icmp code frag-needed drop", on)
 
     def corrupt(self, host: str, on: bool) -> None:
         """Rewrite one byte (500 bytes into the TCP header, so only full segments) of what
         arrives at ``host``'s echo port: corruption the checksum does not catch."""
-        if on:
-            self.nft(host, "table inet corrupt {\n chain pre {\n"
-                     "  type filter hook prerouting priority -300;\n"
-                     f"  tcp dport {ECHO_PORT} @th,4000,8 set 0x41\n }}\n}}\n")
-        else:
-            self.nft(host, "delete table inet corrupt\n")
+        self._table(host, "corrupt", "prerouting priority -300",
+                    f"tcp dport {ECHO_PORT} @th,4000,8 set 0x41", on)
 
     def lose(self, host: str, percent: int, on: bool = True) -> None:
         """Drop ``percent`` % of the packets arriving at ``host``, at random."""
-        if on:
-            self.nft(host, "table inet loss {\n chain in {\n"
-                     "  type filter hook input priority 0;\n"
-                     f"  numgen random mod 100 < {percent} drop\n }}\n}}\n")
-        else:
-            self.nft(host, "delete table inet loss\n")
+        self._table(host, "loss", "input priority 0", f"numgen random mod 100 < {percent} drop",
+                    on)
 
     # -- Prometheus and the browser ---------------------------------------------
 

@@ -504,6 +504,23 @@ def test_engine_logs_a_peer_going_down_in_one_plain_line(
     assert lines[0].count("down") == 1 and "ping refused: connection refused" in lines[0]
 
 
+def test_a_peer_that_comes_up_is_intact_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A peer refused at first (its server not started yet), then up: down, then intact,
+    never 'degraded' for the bulk check it failed while it was down."""
+    sock, port = closed_port()
+    with caplog.at_level("INFO", logger="pytcpecho.mesh"), \
+            running_mesh(fast_mesh((LOCALHOST, port), port=unused_port())) as engine:
+        poll(engine.snapshot, lambda ps: len(ps) == 1 and ps[0].state == "down",
+             what="the peer down")
+        assert engine.snapshot()[0].checks["bulk"].last.result == "refused"  # type: ignore[union-attr]
+        sock.close()
+        with running_server(port=port):
+            poll(engine.snapshot, lambda ps: ps[0].state == "intact", what="the peer intact")
+    changes = [r.getMessage() for r in caplog.records if " -> " in r.getMessage()]
+    assert changes == [f"Peer {key(port)}: unknown -> down: ping refused: connection refused",
+                       f"Peer {key(port)}: down -> intact"], changes
+
+
 class EchoServerInThread:
     """An echo server that a test can close midway (running_server closes at its end)."""
 
