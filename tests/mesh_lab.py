@@ -53,15 +53,14 @@ def need(tool: str, package: str) -> str:
     return path
 
 
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float,
-               every: float = 0.25) -> T:
-    """``probe()``'s first true value, asked again every ``every`` s; fails after
-    ``timeout`` s naming ``what`` and the last value seen."""
+def wait_until(what: str, probe: Callable[[], T], timeout: float,
+               until: Callable[[T], object] = bool, every: float = 0.25) -> T:
+    """``probe()``'s first value for which ``until`` holds, asked again every ``every``
+    s; fails after ``timeout`` s naming ``what`` and the last value seen."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
     while True:
         last = probe()
-        if last:
+        if until(last):
             return last
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout:g} s: {what} (last seen: {last!r})")
@@ -193,9 +192,15 @@ class MeshLab(Lab):
     def mtu_blackhole(self, on: bool, mtu: int = 1400) -> None:
         """The router's link into subnet 2 carries at most ``mtu`` bytes a packet, and the
         ICMP 'fragmentation needed' it sends is dropped; ``on=False`` mends it."""
+        # The ICMP filter comes first and goes last: one 'fragmentation needed' let through
+        # in between would teach the sender the path's MTU (for 10 minutes), and its
+        # connections would pass.
+        if on:
+            self._table(None, "pmtu", "output priority 0",
+                        "icmp type destination-unreachable icmp code frag-needed drop", on)
         self.ip(None, "link", "set", "br1", "mtu", str(mtu if on else 1500))
-        self._table(None, "pmtu", "output priority 0",
-                    "icmp type destination-unreachable icmp code frag-needed drop", on)
+        if not on:
+            self._table(None, "pmtu", "output priority 0", "", on)
 
     def corrupt(self, host: str, on: bool) -> None:
         """Rewrite one byte (500 bytes into the TCP header, so only full segments) of what

@@ -236,12 +236,13 @@ class RoutedLab(Lab):
         drop the ICMP 'fragmentation needed' it would send back: a path-MTU blackhole."""
         require(None if shutil.which("nft") else "nftables (nft) is not installed",
                 "CI must install nftables for the path-MTU tests")
-        self.ip(None, "link", "set", self.port("server"), "mtu", str(mtu))
         rules = ("table inet pmtu_blackhole {\n chain out {\n"
                  "  type filter hook output priority 0;\n"
                  "  icmp type destination-unreachable icmp code frag-needed drop\n }\n}\n")
         subprocess.run(["ip", "netns", "exec", self.router_ns, "nft", "-f", "-"], input=rules,
                        text=True, check=True, capture_output=True, timeout=20)
+        # Only now: a 'fragmentation needed' let through first would teach the path's MTU.
+        self.ip(None, "link", "set", self.port("server"), "mtu", str(mtu))
 
 
 def routed_lab() -> contextlib.AbstractContextManager[RoutedLab]:

@@ -60,11 +60,10 @@ def green(lab: MeshLab, timeout: float = 30) -> None:
     members = [h for h in lab.members if h in lab.nodes]
     want = lab.pairs(members)
 
-    def all_intact() -> bool:
+    def not_intact() -> dict[tuple[str, str], str]:
         states = lab.states()
-        return {p for p, s in states.items() if s == "intact"} >= want and \
-            all(states[p] == "intact" for p in want)
-    wait_until("every pair intact", all_intact, timeout)
+        return {p: states.get(p, "not listed") for p in want if states.get(p) != "intact"}
+    wait_until("every pair intact", not_intact, timeout, until=lambda bad: not bad)
 
 
 def flagged(lab: MeshLab, state: str) -> set[tuple[str, str]]:
@@ -82,11 +81,8 @@ def pairs_from_prometheus(lab: MeshLab, promql: str) -> set[tuple[str, str]]:
 def wait_prometheus(lab: MeshLab, promql: str, want: set[tuple[str, str]],
                     timeout: float = 20) -> None:
     """Until Prometheus's answer to ``promql`` is exactly the pairs ``want``."""
-    def answer() -> tuple[bool, set[tuple[str, str]]]:
-        got = pairs_from_prometheus(lab, promql)
-        return got == want, got
-    wait_until(f"Prometheus: {promql} gives {sorted(want)}", lambda: answer()[0] or None,
-               timeout)
+    wait_until(f"Prometheus: {promql} gives {sorted(want)}",
+               lambda: pairs_from_prometheus(lab, promql), timeout, until=lambda got: got == want)
     print(f"Prometheus: {promql}: {len(want)} series, {show(want)}")
 
 
@@ -117,8 +113,9 @@ def test_path_mtu_blackhole_between_the_subnets(lab: MeshLab, tmp_path: Path) ->
     assert len(across) == 18
     lab.mtu_blackhole(True)
     try:
-        wait_until("the pairs across the router flagged mtu",
-                   lambda: flagged(lab, "mtu") == across or None, 30)
+        wait_until("the pairs across the router flagged mtu, and only they",
+                   lambda: {p: s for p, s in lab.states().items() if (s == "mtu") != (p in across)},
+                   30, until=lambda wrong: not wrong)
         print(f"mtu: flagged {show(across)}")
         for a, b in across:
             peer = lab.status(a)["peers"][lab.key(b)]
@@ -162,8 +159,9 @@ def test_corruption_on_one_node(lab: MeshLab, tmp_path: Path) -> None:
     to_n2 = {(a, "n2") for a in lab.members if a != "n2"}
     lab.corrupt("n2", True)
     try:
-        wait_until("every bulk check to n2 a mismatch",
-                   lambda: flagged(lab, "corrupt") == to_n2 or None, 30)
+        wait_until("every bulk check to n2 a mismatch, and only they",
+                   lambda: {p: s for p, s in lab.states().items()
+                            if (s == "corrupt") != (p in to_n2)}, 30, until=lambda wrong: not wrong)
         print(f"corrupt: flagged {show(to_n2)}: " + ", ".join(
             f"{a}: {lab.status(a)['peers'][lab.key('n2')]['problem']}" for a, _ in sorted(to_n2)))
         for a, _ in to_n2:
@@ -235,7 +233,9 @@ def test_a_node_killed_and_back(lab: MeshLab) -> None:
     killed_at = time.time()
     lab.kill_node("n6")
     to_n6 = {(a, "n6") for a in lab.members if a != "n6"}
-    wait_until("every node reports n6 down", lambda: flagged(lab, "down") == to_n6 or None, 20)
+    wait_until("every node reports n6 down, and only n6",
+               lambda: {p: s for p, s in lab.states().items() if (s == "down") != (p in to_n6)},
+               20, until=lambda wrong: not wrong)
     print(f"down: flagged {show(to_n6)}, " + ", ".join(
         f"{a} after {lab.status(a)['peers'][lab.key('n6')]['since'] - killed_at:.2f} s"
         for a, _ in sorted(to_n6)))
@@ -328,5 +328,6 @@ def test_a_dns_server_that_stops_answering_forgets_no_peer(tmp_path: Path) -> No
                               rf'{re.escape(b)}:8000",result="intact"\}} (\S+)', result.stdout)
             return int(float(found[1])) if found else 0
         before = pings_of_b()
-        wait_until("b still checked while DNS is down", lambda: pings_of_b() >= before + 3, 15)
+        wait_until("b still checked while DNS is down", pings_of_b, 15,
+                   until=lambda count: count >= before + 3)
         assert not any("left" in line for line in node.lines_so_far()), node.lines
