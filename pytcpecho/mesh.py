@@ -48,7 +48,7 @@ from .constants import (
     MESH_TIMEOUT,
 )
 from .contract import Core
-from .peers import Address, Resolution, Resolver
+from .peers import LOOKUP_WAIT, Address, Resolution, Resolver
 
 log = logging.getLogger("pytcpecho.mesh")
 
@@ -303,12 +303,14 @@ class Mesh:
                      ", ".join(added[:5]) + (", ..." if len(added) > 5 else ""))
 
     def _label(self) -> None:
-        """Readable names for new peers, from reverse DNS (or the hosts file)."""
+        """Readable names for new peers, from reverse DNS (or the hosts file), for at most
+        LOOKUP_WAIT seconds a round: a slow DNS server delays no lookup of the peers."""
         with self._lock:
             todo = [(p.key, p.address[0]) for p in self._peers.values() if p.name is None]
+        until = time.monotonic() + LOOKUP_WAIT
         for key, ip in todo:
-            if self._stop.is_set():
-                return
+            if self._stop.is_set() or time.monotonic() > until:
+                return  # the rest next round
             try:
                 name = socket.gethostbyaddr(ip)[0]
             except (OSError, UnicodeError):
