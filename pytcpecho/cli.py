@@ -60,7 +60,6 @@ from .constants import (
 )
 from .contract import ContractError
 from .demo import run_demo
-from .mesh import MeshOptions
 from .server import serving_core
 from .sockets import listen_address, resolve_error
 from .status import (
@@ -74,6 +73,7 @@ from .status import (
 )
 from .units import (
     format_hostport,
+    numeric_address,
     parse_hostport,
     parse_int,
     parse_port,
@@ -341,12 +341,10 @@ def _peer(text: str) -> tuple[str, int | None]:
 
 def _address(text: str) -> str:
     """--self: an IP address, as peers resolve it."""
-    plain = text.strip().removeprefix("[").removesuffix("]")
-    try:
-        ipaddress.ip_address(plain.split("%")[0])
-    except ValueError:
+    plain = numeric_address(text)
+    if plain is None:
         raise ValueError(f"invalid address {quote(text)}: give this node's IPv4 or IPv6 "
-                         "address, e.g. 10.0.0.5") from None
+                         "address, e.g. 10.0.0.5")
     return plain
 
 
@@ -411,12 +409,11 @@ def _add_mesh(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="HTTP port for /metrics, /status, /mesh and the page; the same on "
                         f"every node (default: {MESH_METRICS_PORT})")
     _server_options(p, mesh=True)
-    p.set_defaults(run=_mesh, mode="stream", size=DEFAULT_SIZE)
+    p.set_defaults(run=_mesh, mode="stream", size=DEFAULT_SIZE, quiet=False)
     config.apply_env(p)
 
 
 def _mesh(args: argparse.Namespace) -> int:
-    args.quiet = False
     serve = _serve_options(args)
     serve = dataclasses.replace(serve, quiet=not args.log_connections)
     if not args.peers:
@@ -424,6 +421,7 @@ def _mesh(args: argparse.Namespace) -> int:
     if args.metrics_port == args.port and args.port != 0:
         raise UsageError(f"--metrics-port {args.metrics_port} is the echo --port too: "
                          "give them different ports")
+    from .mesh import MeshOptions  # the mesh's modules: loaded by this command only
     peers = tuple((host, args.port if port is None else port) for host, port in args.peers)
     options = MeshOptions(
         peers=peers, port=args.port, name=args.name or socket.gethostname(),

@@ -37,16 +37,14 @@ def gather(mesh: Mesh, http_port: int) -> dict[str, Any]:
     """Every node's view: this one's own status, and each peer's, fetched now."""
     own = mesh.status()
     me = mesh.own_key or SELF
-    peers = [(key, peer.address[0]) for key, peer in
-             ((p.key, p) for p in mesh.snapshot())]
+    peers = mesh.snapshot()
     nodes: dict[str, Any] = {me: {**own, "reached": True, "error": None}}
     deadline = time.monotonic() + GATHER_BUDGET
     with ThreadPoolExecutor(min(GATHER_AT_ONCE, max(1, len(peers))),
                             thread_name_prefix="pytcpecho-gather") as pool:
-        for key, answer in zip([k for k, _ in peers],
-                               pool.map(lambda p: _fetch(p[1], http_port, deadline), peers),
-                               strict=True):
-            nodes[key] = answer
+        answers = pool.map(lambda p: _fetch(p.address[0], http_port, deadline), peers)
+        for peer, answer in zip(peers, answers, strict=True):
+            nodes[peer.key] = answer
     return {"from": me, "time": round(time.time(), 3), "nodes": nodes}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import queue
 import socket
 import threading
@@ -21,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .constants import MESH_MAX_PEERS
-from .units import format_hostport, peer_name
+from .units import format_hostport, numeric_address, peer_name
 
 Address = tuple[str, int]
 LOOKUPS_AT_ONCE = 8
@@ -61,7 +60,8 @@ class Resolver:
                  sample: int = 0, wait: float = LOOKUP_WAIT) -> None:
         self.names = list(dict.fromkeys(names))  # each name once, in the order given
         self.port = port
-        self.self_address = _plain(self_address) if self_address else None
+        self.self_address = (numeric_address(self_address) or self_address) if self_address \
+            else None
         self.sample = sample
         self.wait = wait
         self._local: dict[str, bool] = {}
@@ -116,7 +116,7 @@ class Resolver:
             for name in self.names:
                 if name in self._asked:
                     continue
-                numeric = _numeric(name[0])
+                numeric = numeric_address(name[0])
                 if numeric is not None:
                     self._answers[name] = [numeric]
                     continue
@@ -194,26 +194,9 @@ class _Kept(list[str]):
         self.why = why
 
 
-def _numeric(name: str) -> str | None:
-    """``name`` as resolution would give it, if it is an IP address, else None."""
-    plain = name.removeprefix("[").removesuffix("]")
-    try:
-        ipaddress.ip_address(plain.split("%")[0])
-    except ValueError:
-        return None
-    return _plain(plain)
-
-
 def _sort_key(ip: str) -> tuple[int, bytes]:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with contextlib.suppress(OSError):
         return family, socket.inet_pton(family, ip.split("%")[0])
     return family, ip.encode()
 
-
-def _plain(address: str) -> str:
-    """An address as resolution gives it: no brackets, IPv4-mapped as IPv4."""
-    address = address.strip()
-    if address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
-    return peer_name((address, 0))[0]

@@ -141,3 +141,14 @@ def peer_name(address: tuple[object, ...]) -> tuple[str, int]:
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return host, port
+
+
+def numeric_address(text: str) -> str | None:
+    """``text`` as name resolution gives an address (no brackets, IPv4-mapped IPv6 as
+    IPv4), if it is an IP address; else None."""
+    plain = text.strip().removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(plain.split("%")[0])
+    except ValueError:
+        return None
+    return peer_name((plain, 0))[0]
