@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
-from netns import PREFIX_LEN, Lab, _built, pytcpecho, run
+from netns import PREFIX_LEN, Lab, _built, package_env, pytcpecho, run
 from support import ServeProcess, require
 
 T = TypeVar("T")
@@ -249,7 +250,6 @@ class MeshLab(Lab):
 
     def query(self, url: str, promql: str) -> list[dict[str, Any]]:
         """The instant vector ``promql`` gives now, from Prometheus's HTTP API."""
-        from urllib.parse import quote
         answer = json.loads(self.fetch(f"{url}/api/v1/query?query={quote(promql)}"))
         assert answer["status"] == "success", answer
         result: list[dict[str, Any]] = answer["data"]["result"]
@@ -270,7 +270,6 @@ class MeshLab(Lab):
               env: dict[str, str] | None = None) -> ServeProcess:
         if host is not None:
             return super().start(host, argv, env)
-        from netns import package_env
         proc = ServeProcess(cmd=["ip", "netns", "exec", self.router_ns, *argv],
                             env=package_env(env))
         self.processes.append(proc)

@@ -186,6 +186,14 @@ class ServeProcess:
             self.proc.stdout.close()
 
 
+def unused_port() -> int:
+    """A port nothing listens on (bound and released: good for a refusal, or for a
+    process to take next)."""
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return int(s.getsockname()[1])
+
+
 def connect(port: int, host: str = LOCALHOST, timeout: float = 10) -> socket.socket:
     return socket.create_connection((host, port), timeout=timeout)
 

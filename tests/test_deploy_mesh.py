@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from recipes import ROOT, tool
-from support import require
+from support import require, unused_port
 from test_container import kube_check
 
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -156,12 +155,6 @@ def pod_targets(pod: str, ip: str, annotations: dict[str, str], phase: str = "Ru
             for port in ports]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
@@ -179,7 +172,7 @@ def test_scrape_job_finds_the_mesh_pods(tmp_path: Path) -> None:
                + pod_targets("pytcpecho-c", "10.0.1.6", {}, ports=(8000,))
                + pod_targets("pytcpecho-mesh-d", "10.0.1.7", annotations, phase="Failed"))
     config = with_file_discovery(tmp_path, targets)
-    port = free_port()
+    port = unused_port()
     proc = subprocess.Popen(
         [need_debian_tool("prometheus", "prometheus"), f"--config.file={config}",
          f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],

@@ -50,6 +50,7 @@ from support import (
     connect,
     recv_exactly,
     running_server,
+    unused_port,
 )
 
 from pytcpecho import checks
@@ -196,13 +197,6 @@ def running_mesh(engine: Mesh) -> Iterator[Mesh]:
         yield engine
     finally:
         engine.stop()
-
-
-def unused_port() -> int:
-    """A port nothing listens on (bound and released: good for a refusal, no more)."""
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return int(s.getsockname()[1])
 
 
 # == 1. the checks, on both cores =================================================

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, connect
+from support import LOCALHOST, ServeProcess, assert_one_line_error, cli, connect, unused_port
 
 from pytcpecho import EchoClient
 from pytcpecho.serving import ServeOptions
@@ -267,10 +267,7 @@ def metric(url: str, name: str) -> float:
 def test_metrics_of_every_worker_in_one_place() -> None:
     """serve --workers 3 --metrics-port: the supervisor serves the sum of its workers'
     counters, each reported every second, and a worker's count outlives the worker."""
-    probe = socket.socket()
-    probe.bind((LOCALHOST, 0))
-    metrics_port = probe.getsockname()[1]
-    probe.close()
+    metrics_port = unused_port()
     with ServeProcess("--port", "0", "--workers", "3", "-q",
                       "--metrics-port", str(metrics_port)) as server:
         port, pids = started(server, 3)
