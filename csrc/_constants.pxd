@@ -13,3 +13,7 @@ cdef enum:
     PIPE_SIZE = 1024 * 1024
     EOF_WAIT_MS = 10000
     SIGNAL_POLL_NS = 50000000
+    UDP_HEADER = 24
+    UDP_BATCH = 64
+    UDP_WINDOW = 1 << 20
+    UDP_TRACE = 4096

@@ -28,8 +28,9 @@ from pytcpecho.constants import DEFAULT_SIZE, MAX_BYTES, MAX_TIMEOUT, MODES
 
 from _constants cimport (
     BLOCK_SHIFT, BLOCK, HEADER, SUB_BITS, SUB, NBUCKETS, CHUNK, PIPE_SIZE, EOF_WAIT_MS,
-    SIGNAL_POLL_NS,
+    SIGNAL_POLL_NS, UDP_HEADER, UDP_BATCH, UDP_WINDOW, UDP_TRACE,
 )
+from _udpio cimport PTE_UDP_HEADER, PTE_UDP_BATCH, PTE_UDP_WINDOW, PTE_UDP_TRACE
 from _netio cimport pte_sleep_until
 from _sys cimport (
     ssize_t, recv, send, shutdown, poll, pollfd, clock_gettime, timespec,
@@ -47,7 +48,11 @@ cdef int check_constants() except -1:
         ("BLOCK_SHIFT", BLOCK_SHIFT), ("BLOCK", BLOCK), ("HEADER", HEADER),
         ("SUB_BITS", SUB_BITS), ("SUB", SUB), ("NBUCKETS", NBUCKETS), ("CHUNK", CHUNK),
         ("PIPE_SIZE", PIPE_SIZE), ("EOF_WAIT_MS", EOF_WAIT_MS),
-        ("SIGNAL_POLL_NS", SIGNAL_POLL_NS),
+        ("SIGNAL_POLL_NS", SIGNAL_POLL_NS), ("UDP_HEADER", UDP_HEADER),
+        ("UDP_BATCH", UDP_BATCH), ("UDP_WINDOW", UDP_WINDOW), ("UDP_TRACE", UDP_TRACE),
+        # and the C side's own copies, in _udp.h
+        ("UDP_HEADER", PTE_UDP_HEADER), ("UDP_BATCH", PTE_UDP_BATCH),
+        ("UDP_WINDOW", PTE_UDP_WINDOW), ("UDP_TRACE", PTE_UDP_TRACE),
     )
     for name, value in mirrored:
         expected = getattr(_constants, name)
@@ -643,3 +648,4 @@ cdef class ClientSession(ClientLoop):
 
 include "_extra.pxi"
 include "_group.pxi"
+include "_udp.pxi"

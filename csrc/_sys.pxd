@@ -5,6 +5,7 @@ cdef extern from "<sys/types.h>":
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+    ssize_t write(int fd, const void *buf, size_t n)
 
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._pyudp import UdpClientSession, UdpEchoSession
 from .constants import (
     BLOCK,
     CHUNK,
@@ -36,6 +37,7 @@ from .sockets import Borrowed, set_io_timeout, set_nodelay
 NAME = "python"
 __all__ = [  # the contract
     "MODES", "NAME", "ClientGroup", "ClientSession", "ConnectEachSession", "EchoSession",
+    "UdpClientSession", "UdpEchoSession",
 ]
 
 

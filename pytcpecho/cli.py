@@ -30,6 +30,7 @@ from .constants import (
     BENCH_DURATION,
     BENCH_INTERVAL,
     BENCH_SIZE,
+    BENCH_UDP_MAX_LOSS,
     DEFAULT_GRACE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENTS,
@@ -51,11 +52,16 @@ from .constants import (
     MESH_MIN_INTERVAL,
     MESH_RESOLVE_INTERVAL,
     MESH_TIMEOUT,
+    MESH_UDP_COUNT,
     MIN_INTERVAL,
     MIN_TIMEOUT,
     MODES,
     PING_SIZE,
     PING_TIMEOUT,
+    PING_UDP_INTERVAL,
+    UDP_HEADER,
+    UDP_MAX_SIZE,
+    UDP_RATE,
     WORKERS_PER_CPU,
 )
 from .contract import ContractError
@@ -269,6 +275,22 @@ def _server_options(p: argparse.ArgumentParser, mesh: bool) -> None:
                             f"({supervisor.max_workers()[0]} here) (default: 1)")
     p.add_argument("--reuse-port", action="store_true",
                    help="let other processes listen on the same port (SO_REUSEPORT)")
+    if mesh:
+        p.add_argument("--no-udp", dest="udp", action="store_false",
+                       help="no UDP echo, and no datagram probe of the peers (default: both "
+                            "on)")
+    else:
+        p.add_argument("--udp", action="store_true",
+                       help="also echo UDP datagrams on the same port (RFC 862), guarded "
+                            "against reflection: --allow/--deny apply, loop-prone source "
+                            "ports are never answered, --udp-rate, --udp-max-size")
+    p.add_argument("--udp-rate", type=_arg(_udp_rate, "rate"), default=UDP_RATE,
+                   metavar="PKT_PER_S",
+                   help="datagrams a second echoed to one source address at most, 0 for no "
+                        f"limit (a benchmark's server) (default: {UDP_RATE})")
+    p.add_argument("--udp-max-size", type=_arg(_udp_max_size, "size"), default=UDP_MAX_SIZE,
+                   help="largest datagram echoed; larger ones are dropped and counted "
+                        f"(default: {UDP_MAX_SIZE})")
     p.add_argument("--log-format", choices=logs.FORMATS, default="text",
                    help="text: plain lines; json: one JSON object per line (default: text)")
     if mesh:
@@ -283,6 +305,25 @@ def _server_options(p: argparse.ArgumentParser, mesh: bool) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="timestamps and detail (variable: as for --quiet)" if not mesh
                    else "timestamps and detail, each check's scheduling (variable: 1/0, ...)")
+
+
+def _udp_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid rate {quote(text)}: give datagrams per second, e.g. "
+                         "10000, or 0 for no limit") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"invalid rate {quote(text)}: 0 (no limit) or positive")
+    return value
+
+
+def _udp_max_size(text: str) -> int:
+    size = _positive_size(text)
+    if size > 65535:
+        raise ValueError(f"invalid size {quote(text)}: at most 65535 bytes (a UDP datagram's "
+                         "limit)")
+    return size
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -310,7 +351,8 @@ def _serve_options(args: argparse.Namespace) -> serving.ServeOptions:
         max_clients=args.max_clients, idle_timeout=args.idle_timeout,
         max_bytes=args.max_bytes, allow=tuple(args.allow), deny=tuple(args.deny),
         grace=args.grace, worker_idle=args.worker_idle, reuse_port=args.reuse_port,
-        verbose=args.verbose, quiet=args.quiet, log_format=args.log_format)
+        verbose=args.verbose, quiet=args.quiet, log_format=args.log_format, udp=args.udp,
+        udp_rate=args.udp_rate, udp_max_size=args.udp_max_size)
 
 
 def _check_serve(args: argparse.Namespace) -> None:
@@ -402,6 +444,9 @@ def _add_mesh(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--sample-peers", type=_arg(_sample, "count"), default=0, metavar="K",
                    help="check only K peers, a stable sample of each node's own (default: "
                         "0, every peer; see the README's scale section)")
+    p.add_argument("--udp-count", type=COUNT, default=MESH_UDP_COUNT, metavar="N",
+                   help="datagrams in each peer's UDP probe, every interval: loss, RTT, "
+                        f"jitter and hops (default: {MESH_UDP_COUNT}; --no-udp: none)")
     p.add_argument("--peer-label", choices=("dns", "none"), default="dns",
                    help="dns: name peers by reverse DNS (pytcpecho_peer_info, the page); "
                         "none: addresses only (default: dns)")
@@ -428,7 +473,8 @@ def _mesh(args: argparse.Namespace) -> int:
         self_address=args.self_address, interval=args.interval, bulk_every=args.bulk_every,
         bulk_size=args.bulk_size, timeout=args.timeout,
         resolve_interval=args.resolve_interval, concurrency=args.concurrency,
-        sample=args.sample_peers, peer_label=args.peer_label)
+        sample=args.sample_peers, peer_label=args.peer_label, udp=args.udp,
+        udp_count=args.udp_count)
     core = serving_core(args.core, "stream")
     from . import node  # prometheus_client: imported only where metrics are served
     return serving.run(serve, companion=lambda stats: node.mesh(
@@ -513,14 +559,27 @@ def _add_ping(sub: argparse._SubParsersAction[_Parser]) -> None:
     _client_options(p, PING_SIZE, PING_TIMEOUT)
     p.add_argument("--count", "-c", type=COUNT, default=1,
                    help="pings, one connection each (default: 1)")
-    p.add_argument("--interval", "-i", type=INTERVAL, default=None,
-                   help="seconds between pings (default: none, one right after another)")
+    p.add_argument("--interval", "-i", type=SECONDS, default=None,
+                   help="seconds between pings (default: none, one right after another; "
+                        f"--udp: {PING_UDP_INTERVAL:g})")
+    p.add_argument("--udp", action="store_true",
+                   help="datagrams instead (RFC 862 over UDP): loss, RTT percentiles, "
+                        "jitter, reordering, duplicates, corruption and hop count; --size "
+                        f"{UDP_HEADER} to {UDP_MAX_SIZE}; exit 0 when every echo came back "
+                        "intact, 1 on loss or corruption, 3 when none came back")
+    p.add_argument("--json", action="store_true",
+                   help="with --udp: one JSON document at the end instead of the lines")
     p.set_defaults(run=_ping)
 
 
 def _ping(args: argparse.Namespace) -> int:
     """Ping after ping; stopped by Ctrl-C, the summary of those done so far (as iputils
     ping prints its statistics), then exit 130."""
+    if args.udp:
+        from . import udpcli  # the datagram client: loaded by the commands that use it
+        return udpcli.ping(args)
+    if args.json:
+        raise UsageError("--json goes with --udp (a TCP ping prints its lines)")
     host, port = args.target
     times: list[float] = []
     try:
@@ -612,6 +671,17 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="a new connection for every message (the original exercise's pattern)")
     p.add_argument("--seed", type=int, default=None, help="payload seed (default: random)")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    p.add_argument("--udp", action="store_true",
+                   help="datagrams instead (RFC 862 over UDP): -c sockets, one thread each; "
+                        "--rate in datagrams/s in all (default: search for the highest rate "
+                        "with loss under --max-loss, then measure it); loss, latency "
+                        "percentiles, jitter; exit 1 on corruption or loss over --max-loss")
+    p.add_argument("--rr", action="store_true",
+                   help="with --udp: request/response, one datagram in flight per socket")
+    p.add_argument("--max-loss", type=_arg(_percent, "percent"), default=BENCH_UDP_MAX_LOSS,
+                   metavar="PERCENT",
+                   help="with --udp: the loss the rate search accepts, and a run may have "
+                        f"(default: {BENCH_UDP_MAX_LOSS * 100:g}, in percent)")
     p.set_defaults(run=_bench)
 
 
@@ -626,7 +696,24 @@ def _rate(text: str) -> float:
     return value
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text.removesuffix("%"))
+    except ValueError:
+        raise ValueError(f"invalid percentage {quote(text)}: e.g. 0.1 or 0.1%") from None
+    if not 0 <= value < 100:
+        raise ValueError(f"invalid percentage {quote(text)}: from 0 up to 100")
+    return value / 100
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.udp:
+        from . import udpcli  # the datagram load: loaded by the commands that use it
+        return udpcli.bench(args)
+    for option, given in (("--rr", args.rr),
+                          ("--max-loss", args.max_loss != BENCH_UDP_MAX_LOSS)):
+        if given:
+            raise UsageError(f"{option} goes with --udp")
     host, port = args.target
     bench = loadgen.BenchConfig(
         host, port, size=args.size, connections=args.connections,

@@ -84,6 +84,30 @@ MESH_MAX_PEERS = 4096
 """The most peers one node checks; past it, a stable sample as --sample-peers picks."""
 MESH_METRICS_PORT = 9862
 
+# -- UDP echo (RFC 862 over UDP) ---------------------------------------------------------
+
+UDP_MAX_SIZE = 65507
+"""Largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers): the largest
+datagram a client sends, and the server's default --udp-max-size."""
+UDP_RATE = 10000
+"""Datagrams per second the server echoes to one source address by default: UDP echo is a
+classic reflection vector, and this bounds what a spoofed source can make it send."""
+UDP_BURST_SECONDS = 0.1
+UDP_MIN_BURST = 32
+"""A source's rate-limit bucket holds 0.1 s of --udp-rate, and at least 32 datagrams."""
+UDP_LOOP_PORTS = (0, 7, 9, 11, 13, 17, 19, 37, 53, 69, 111, 123, 137, 138, 161, 162, 389,
+                  520, 1900, 5353, 11211)
+"""Source ports the server never answers: port 0, inetd's small services (echo, discard,
+systat, daytime, qotd, chargen, time) and other services that answer any datagram (DNS,
+TFTP, portmap, NTP, NetBIOS, SNMP, CLDAP, RIP, SSDP, mDNS, memcached): an echo to one
+of them could bounce between the two forever.  The server's own port is added."""
+UDP_DROP_REASONS = ("denied", "loop_port", "rate_limited", "truncated")
+PING_UDP_INTERVAL = 1.0
+BENCH_UDP_SIZE = 64
+BENCH_UDP_MAX_LOSS = 0.001
+"""bench --udp without --rate: the highest rate whose loss stays under 0.1%."""
+MESH_UDP_COUNT = 20
+
 # -- the cores' loops (mirrored in csrc/_constants.pxd) ----------------------------------
 
 CHUNK = 256 * 1024
@@ -94,6 +118,16 @@ EOF_WAIT_MS = 10000
 """How long a client without a timeout waits for the server's close after an intact echo."""
 SIGNAL_POLL_NS = 50_000_000
 """How often a client loop in the main thread runs Python's signal handlers (Ctrl-C)."""
+UDP_HEADER = 24
+"""Bytes at the head of each client datagram: sequence number, send time, session id and
+a check of the three (csrc/_udp.pxi): the smallest --size of a UDP client."""
+UDP_BATCH = 64
+"""Datagrams one recvmmsg()/sendmmsg() moves at most."""
+UDP_WINDOW = 1 << 20
+"""Sequence numbers a UDP client remembers as answered (duplicates are told apart within
+it); an echo older than that is counted as late, not received."""
+UDP_TRACE = 4096
+"""Events a tracing UDP client (ping) keeps between two reads."""
 
 # -- the payload pattern and the latency histogram (mirrored in csrc/_constants.pxd) ----
 

@@ -1,12 +1,14 @@
 """The core contract: what a core module and its sessions must provide.
 
 A core is a module with a ``NAME``, the ``MODES`` its server loop echoes, and
-four session classes: ``EchoSession`` (one server connection at a time),
+six session classes: ``EchoSession`` (one server connection at a time),
 ``ClientSession`` (send, read back, verify, time), ``ConnectEachSession``
-(a new connection per message) and ``ClientGroup`` (many connections'
-client loops in one thread, for the load generator).  The Cython core (``csrc/_core.pyx``, typed
-by ``pytcpecho/_core.pyi``), the pure-Python core and the splice core all
-implement it; mypy checks each caller against these protocols, and
+(a new connection per message), ``ClientGroup`` (many connections'
+client loops in one thread, for the load generator), ``UdpEchoSession``
+(the datagram echo loop of one UDP socket) and ``UdpClientSession``
+(datagrams sent, verified, timed, counted lost or reordered).  The Cython
+core (``csrc/_core.pyx``, typed by ``pytcpecho/_core.pyi``), the pure-Python
+core and the splice core all implement it; mypy checks each caller against these protocols, and
 ``check_core`` checks a module at run time, so a missing name fails at
 import, not in the middle of a connection.
 
@@ -170,6 +172,127 @@ class ClientGroupClass(Protocol):
                  timeout: float | None = ...) -> ClientGroup: ...
 
 
+class UdpServerSession(Protocol):
+    """The datagram echo loop on one bound UDP socket, with its reflection guards.
+
+    Each datagram goes back to its sender unchanged, unless a guard drops it
+    (counted by reason, the last such source kept): its source is in ``deny`` or,
+    with ``allow`` given, outside every network of it ("denied"); its source port
+    is one of ``blocked_ports`` ("loop_port"); its source address is over ``rate``
+    datagrams per second, with a bucket of UDP_BURST_SECONDS of it and at least
+    UDP_MIN_BURST ("rate_limited"; rate 0: no limit); it is longer than
+    ``max_size`` ("truncated").  An IPv4-mapped IPv6 source is read as the IPv4
+    address it is.  A datagram that cannot be sent back (the network says no) is
+    counted in ``send_errors``; none of this ends the loop.
+    """
+
+    @property
+    def datagrams_in(self) -> int:
+        """Every datagram received, dropped ones included."""
+    @property
+    def datagrams_out(self) -> int: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def denied(self) -> int: ...
+    @property
+    def loop_port(self) -> int: ...
+    @property
+    def rate_limited(self) -> int: ...
+    @property
+    def truncated(self) -> int: ...
+    @property
+    def send_errors(self) -> int: ...
+
+    def last_dropped(self, reason: str) -> tuple[str, int] | None:
+        """(address, port) of the last datagram dropped for ``reason`` (one of
+        constants.UDP_DROP_REASONS), None if none was; ValueError for another reason."""
+
+    def run(self) -> None:
+        """Echo until stop(); OSError only when the socket itself fails."""
+
+    def stop(self) -> None:
+        """Make run() return soon, from any thread (before run() too: it returns at once)."""
+
+
+class UdpServerSessionClass(Protocol):
+    def __call__(self, fd: int, max_size: int = ..., rate: float = ...,
+                 deny: Sequence[tuple[bytes, int]] = ...,
+                 allow: Sequence[tuple[bytes, int]] = ...,
+                 blocked_ports: Sequence[int] = ...) -> UdpServerSession: ...
+
+
+class UdpClientSession(Timed, Protocol):
+    """Datagrams to an echo server on a connected UDP socket, each one verified and timed.
+
+    Each datagram carries its sequence number, its send time (CLOCK_MONOTONIC ns;
+    the due time in an open loop), this session's random id and a check of the
+    three (constants.UDP_HEADER bytes, little-endian), then the pattern base block
+    from that offset on.  An echo is ``received`` once per sequence number when it
+    is whole; one whose header or payload differs, or of another length, is
+    ``corrupted`` and never received; one seen before is a ``duplicate``; one with
+    a sequence number below the highest received is ``reordered`` as well (RFC
+    4737).  ``jitter_ns`` is RFC 3550's interarrival jitter estimate over the
+    echoes in arrival order.  The TTL or hop limit of each echo (IP_RECVTTL,
+    IPV6_RECVHOPLIMIT, which the session turns on) is kept: ``ttl_last``,
+    ``ttl_min``, ``ttl_max`` (-1 until one came).  An ICMP error the socket reports
+    (a closed port) is counted in ``refused``.  ``messages`` is ``received``; what
+    is not received is lost or still in flight.
+    """
+
+    @property
+    def sent(self) -> int: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def corrupted(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def reordered(self) -> int: ...
+    @property
+    def late(self) -> int:
+        """Echoes of datagrams sent more than UDP_WINDOW sequence numbers ago: not received."""
+    @property
+    def refused(self) -> int: ...
+    @property
+    def jitter_ns(self) -> float: ...
+    @property
+    def ttl_last(self) -> int: ...
+    @property
+    def ttl_min(self) -> int: ...
+    @property
+    def ttl_max(self) -> int: ...
+
+    def run(self, count: int, rate: float = ..., duration: float = ...,
+            wait: float | None = ...) -> bool:
+        """Send ``count`` datagrams (0: until ``duration`` or stop()), then collect(wait).
+
+        ``rate`` > 0: an open loop at that many datagrams per second, several sent
+        at once (sendmmsg) when they are due together; 0: one at a time, the next
+        when its echo came or the timeout passed.  True when every datagram sent
+        so far came back intact.  In lockstep an ICMP error ends the wait for the
+        datagram just sent."""
+
+    def collect(self, wait: float | None = None) -> bool:
+        """Receive until every datagram sent is answered (by its echo, or by an ICMP error:
+        refused), ``wait`` seconds pass (None: the session's timeout, or 1 s without one)
+        or stop(); True as for run()."""
+
+    def events(self) -> list[tuple[int, int, int, str]]:
+        """With ``trace``: what came since the last call, in order, as (sequence number,
+        round trip ns, TTL, kind), kind "echo", "duplicate", "corrupted" (sequence number
+        and time -1 when the header is not ours), "late" or "refused" (-1, -1, -1);
+        at most UDP_TRACE of them (counters count the rest)."""
+
+
+class UdpClientSessionClass(Protocol):
+    def __call__(self, fd: int, size: int, base: bytes, timeout: float | None = ...,
+                 trace: bool = ...) -> UdpClientSession: ...
+
+
 class Core(Protocol):
     """A core module."""
 
@@ -185,6 +308,10 @@ class Core(Protocol):
     def ConnectEachSession(self) -> ConnectEachSessionClass: ...
     @property
     def ClientGroup(self) -> ClientGroupClass: ...
+    @property
+    def UdpEchoSession(self) -> UdpServerSessionClass: ...
+    @property
+    def UdpClientSession(self) -> UdpClientSessionClass: ...
 
 
 class ContractError(ImportError):
@@ -206,6 +333,8 @@ SESSIONS: dict[str, type] = {
     "ClientSession": ClientSession,
     "ConnectEachSession": ConnectEachSession,
     "ClientGroup": ClientGroup,
+    "UdpEchoSession": UdpServerSession,
+    "UdpClientSession": UdpClientSession,
 }
 
 

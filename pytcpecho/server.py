@@ -17,6 +17,7 @@ client to the next.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -43,9 +44,12 @@ from .constants import (
     MAX_BYTES,
     MAX_MESSAGE_SIZE,
     MODES,
+    UDP_MAX_SIZE,
+    UDP_RATE,
 )
 from .contract import Core, ServerSession
 from .sockets import Borrowed, listen_address, set_io_timeout, set_nodelay
+from .udpserver import UdpEcho, UdpStats
 from .units import check_seconds, format_hostport, format_size, parse_port, peer_name
 
 log = logging.getLogger("pytcpecho.server")
@@ -86,7 +90,9 @@ class ServerStats:
     ``closed_eof`` (the client closed), ``timed_out`` (idle), ``over_limit``
     (--max-bytes), ``closed_shutdown`` (the server stopped) or ``closed_error``
     (a reset or a failure); ``refused`` ones were never counted in.  ``errors``
-    also counts failures outside any connection (accept(), threads).
+    also counts failures outside any connection (accept(), threads).  The ``udp_``
+    counters are the datagram side's (UdpStats): every datagram received
+    (``udp_datagrams_in``) was echoed, dropped by a guard, or failed to send.
     """
 
     active: int
@@ -100,6 +106,15 @@ class ServerStats:
     closed_eof: int = 0
     closed_shutdown: int = 0
     closed_error: int = 0
+    udp_datagrams_in: int = 0
+    udp_datagrams_out: int = 0
+    udp_bytes_in: int = 0
+    udp_bytes_out: int = 0
+    udp_denied: int = 0
+    udp_loop_port: int = 0
+    udp_rate_limited: int = 0
+    udp_truncated: int = 0
+    udp_send_errors: int = 0
 
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4 clients of a dual-stack listener
@@ -171,6 +186,12 @@ class EchoServer:
     the next client before it exits, keeping its session (and buffer) for that
     client.  Each limit logs a line when it acts.  A constructor that fails
     closes whatever it had opened, as ``socketserver`` does.
+
+    ``udp=True`` also echoes datagrams on the same address and port (RFC 862 over
+    UDP), guarded against reflection: ``allow``/``deny`` apply, loop-prone source
+    ports are never answered, one source address gets at most ``udp_rate``
+    datagrams a second (0: no limit), and a datagram over ``udp_max_size`` bytes is
+    dropped (see pytcpecho.udpserver).
     """
 
     def __init__(
@@ -189,6 +210,9 @@ class EchoServer:
         reuse_port: bool = False,
         worker_idle: float = DEFAULT_WORKER_IDLE,
         conn_log: LineLog | None = None,
+        udp: bool = False,
+        udp_rate: float = UDP_RATE,
+        udp_max_size: int = UDP_MAX_SIZE,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -241,6 +265,17 @@ class EchoServer:
             for sock in (self._wake_r, self._wake_w, self._listener):
                 sock.close()
             raise
+        self._udp: UdpEcho | None = None
+        if udp:
+            try:
+                self._udp = UdpEcho(self.core, self._listener, self._dualstack,
+                                    reuse_port=reuse_port, allow=self.allow, deny=self.deny,
+                                    rate=udp_rate, max_size=udp_max_size)
+            except BaseException:
+                self._doorbell.close()
+                for sock in (self._wake_r, self._wake_w, self._listener):
+                    sock.close()
+                raise
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -293,6 +328,8 @@ class EchoServer:
             self._drain_wakeups()  # from an earlier shutdown()
             self._doorbell.rearm()  # a thread that left with the last ring took it along
             self._accepting = True
+        if self._udp is not None:
+            self._udp.start()
         self._start_thread()
         self._log_start()  # only now: the line means ready, a thread waits for clients
 
@@ -305,8 +342,10 @@ class EchoServer:
 
     def _log_start(self) -> None:
         host, port = self.address
+        kinds = [k for k, on in (("IPv4 and IPv6", self._dualstack),
+                                 ("TCP and UDP", self._udp is not None)) if on]
         log.info("Server at %s%s", format_hostport(host, port),
-                 " (IPv4 and IPv6)" if self._dualstack else "")
+                 f" ({', '.join(kinds)})" if kinds else "")
         log.debug("%s mode, %d-byte messages, core %s, at most %d clients, idle timeout %s, "
                   "max bytes %s", self.mode, self.size, self.core.NAME, self.max_clients,
                   f"{self.idle_timeout:g} s" if self.idle_timeout else "off",
@@ -326,6 +365,8 @@ class EchoServer:
         """
         self.shutdown()
         self._listener.close()
+        if self._udp is not None:
+            self._udp.stop()  # no datagram is in flight the way a connection is
         with self._changed:
             return self._changed.wait_for(lambda: not self._conns, grace)
 
@@ -357,6 +398,8 @@ class EchoServer:
         self._doorbell.close()
         self._wake_r.close()
         self._wake_w.close()
+        if self._udp is not None:
+            self._udp.close()
         self._closed = True
 
     def __enter__(self) -> EchoServer:
@@ -369,8 +412,14 @@ class EchoServer:
     # -- counters -----------------------------------------------------------
 
     @property
+    def udp(self) -> bool:
+        """Whether this server echoes datagrams too."""
+        return self._udp is not None
+
+    @property
     def stats(self) -> ServerStats:
         """Counters now; bytes include connections still in flight."""
+        udp = self._udp.stats if self._udp is not None else UdpStats()
         with self._lock:
             live = [s for s in self._conns.values() if s is not None]
             return ServerStats(
@@ -385,6 +434,7 @@ class EchoServer:
                 closed_eof=self._eof,
                 closed_shutdown=self._shut,
                 closed_error=self._failed,
+                **{f"udp_{name}": value for name, value in dataclasses.asdict(udp).items()},
             )
 
     @property

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 from . import logs
+from .constants import UDP_MAX_SIZE, UDP_RATE
 from .server import EchoServer, ServerStats
 from .sockets import raise_nofile_limit
 from .status import EXIT_FAILED, EXIT_OK, UsageError
@@ -62,6 +63,9 @@ class ServeOptions:
     verbose: int
     quiet: bool
     log_format: str
+    udp: bool = False
+    udp_rate: float = float(UDP_RATE)
+    udp_max_size: int = UDP_MAX_SIZE
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -102,16 +106,27 @@ def _checked(name: str, kind: str, value: Any) -> Any:
 
 
 def log_summary(logger: logging.Logger, stats: ServerStats, more: str = "",
-                *more_args: object) -> None:
+                *more_args: object, udp: bool = False) -> None:
     """The run's one summary line, with every counter; ``more`` extends it."""
     logger.info(_SUMMARY + more, stats.total, plural(stats.total), stats.bytes_out,
                 stats.errors, plural(stats.errors), stats.timed_out, plural(stats.timed_out),
                 stats.over_limit, stats.refused, *more_args)
+    if udp:
+        dropped = (stats.udp_denied + stats.udp_loop_port + stats.udp_rate_limited
+                   + stats.udp_truncated)
+        logger.info(_UDP_SUMMARY, stats.udp_datagrams_in, plural(stats.udp_datagrams_in),
+                    stats.udp_datagrams_out, stats.udp_bytes_out, dropped, stats.udp_denied,
+                    stats.udp_loop_port, stats.udp_rate_limited, stats.udp_truncated,
+                    stats.udp_send_errors)
 
 
 Companion = Callable[[Callable[[], ServerStats]], AbstractContextManager[object]]
 """What runs beside the server (pytcpecho.node: metrics, the mesh): made from a function
 that reads the server's counters; entered once it listens, left at the stop signal."""
+
+_UDP_SUMMARY = ("UDP: received %d datagram%s, echoed %d (%d bytes), dropped %d (%d denied, "
+                "%d from loop-prone ports, %d over --udp-rate, %d over --udp-max-size), "
+                "%d failed to send")
 
 LOG_BATCH_DELAY = 0.02
 """Seconds a log line waits for the ones right behind it, to go out in one write."""
@@ -166,7 +181,9 @@ def _serve(options: ServeOptions, report_stats: Callable[[ServerStats], None] | 
                             allow=options.allow, deny=options.deny,
                             worker_idle=options.worker_idle, reuse_port=options.reuse_port,
                             conn_log=logs.ConnectionLog(logging.getLogger("pytcpecho.conn"),
-                                                        handler))
+                                                        handler),
+                            udp=options.udp, udp_rate=options.udp_rate,
+                            udp_max_size=options.udp_max_size)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -197,7 +214,7 @@ def _serve(options: ServeOptions, report_stats: Callable[[ServerStats], None] | 
         log.warning("Grace period over: closing %d connection%s", left, plural(left))
     server.close(timeout=CLOSE_TIMEOUT)
     stats = server.stats
-    log_summary(log, stats)
+    log_summary(log, stats, udp=options.udp)
     if report_stats is not None:
         report_stats(stats)
     return EXIT_OK

@@ -320,9 +320,11 @@ class Supervisor:
         totals = ServerStats(active=0, **self.totals)
         if self.restarts or self.lost:
             log_summary(log, totals, " in %d worker%s (%d restarted, %d lost their counters)",
-                        self.count, plural(self.count), self.restarts, self.lost)
+                        self.count, plural(self.count), self.restarts, self.lost,
+                        udp=self.options.udp)
         else:
-            log_summary(log, totals, " in %d worker%s", self.count, plural(self.count))
+            log_summary(log, totals, " in %d worker%s", self.count, plural(self.count),
+                        udp=self.options.udp)
         if self._fatal is not None:
             return self._fatal
         return EXIT_FAILED if failed else EXIT_OK

@@ -8,7 +8,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any
 
 from support import LOCALHOST, recv_exactly
 
@@ -241,3 +242,64 @@ while True:
 so in a namespace of its own): A queries answered from the arguments, AAAA with no
 records, other names NXDOMAIN; while PAUSE_FILE exists, no answer at all (glibc's
 lookups then fail with EAI_AGAIN, as when a DNS server is down)."""
+
+
+class UdpFake:
+    """A misbehaving UDP echo peer on a real socket (127.0.0.1 or ::1, the kernel's port),
+    served by a thread: it reads each datagram's sequence number from its first 8 bytes
+    (little-endian) and answers ``twice`` of them twice, drops ``drop``, inverts the last
+    byte of ``corrupt`` (a payload byte, past a client's header), holds each of ``hold``
+    back until it has answered the sequence number it maps to (then sends it: reordered),
+    and with ``silent`` answers nothing at all.  ``seen`` lists what came, in order.
+    ``with UdpFake(...) as fake`` starts it; the exit stops it and closes its socket."""
+
+    def __init__(self, host: str = LOCALHOST, *, twice: Collection[int] = (),
+                 drop: Collection[int] = (), corrupt: Collection[int] = (),
+                 hold: Mapping[int, int] | None = None, silent: bool = False) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.05)  # how often the thread looks at the stop flag
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self.twice, self.drop, self.corrupt = set(twice), set(drop), set(corrupt)
+        self.hold = dict(hold or {})
+        self.silent = silent
+        self.seen: list[int] = []
+        self._held: dict[int, list[tuple[bytes, Any]]] = {}  # released after -> datagrams
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="udp-fake", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def __enter__(self) -> UdpFake:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            seq = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+            self.seen.append(seq)
+            if self.silent or seq in self.drop:
+                continue
+            if seq in self.corrupt and data:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            if seq in self.hold:
+                self._held.setdefault(self.hold[seq], []).append((data, peer))
+                continue
+            for _ in range(2 if seq in self.twice else 1):
+                self.sock.sendto(data, peer)
+            for held, to in self._held.pop(seq, []):
+                self.sock.sendto(held, to)

@@ -78,6 +78,9 @@ BAD_VARIABLES = [
     ("PYTCPECHO_REUSE_PORT", "banana"), ("PYTCPECHO_WORKERS", "100000"),
     ("PYTCPECHO_MAX_BYTES", "lots"), ("PYTCPECHO_WORKER_IDLE", "0"),
     ("PYTCPECHO_PORT", "9" * 5000), ("PYTCPECHO_METRICS_PORT", "nine"),
+    ("PYTCPECHO_UDP", "perhaps"), ("PYTCPECHO_UDP_RATE", "-5"),
+    ("PYTCPECHO_UDP_RATE", "fast"), ("PYTCPECHO_UDP_MAX_SIZE", "70000"),
+    ("PYTCPECHO_UDP_MAX_SIZE", "0"),
 ]
 
 
@@ -107,6 +110,7 @@ BAD_MESH_VARIABLES = [
     ("PYTCPECHO_CONCURRENCY", "0"), ("PYTCPECHO_SAMPLE_PEERS", "-1"),
     ("PYTCPECHO_PEER_LABEL", "ldap"), ("PYTCPECHO_METRICS_PORT", "70000"),
     ("PYTCPECHO_LOG_CONNECTIONS", "maybe"), ("PYTCPECHO_CONCURRENCY", "100000"),
+    ("PYTCPECHO_NO_UDP", "maybe"), ("PYTCPECHO_UDP_COUNT", "0"),
 ]
 
 
@@ -123,7 +127,8 @@ def test_every_mesh_variable_has_a_bad_value_tested() -> None:
     tested = {name for name, _ in BAD_MESH_VARIABLES} - {"PYTCPECHO_METRICS_PORT"}
     assert own == tested | {"PYTCPECHO_NAME"}
     assert variables("serve") - variables("mesh") == {
-        "PYTCPECHO_MODE", "PYTCPECHO_SIZE", "PYTCPECHO_WORKERS", "PYTCPECHO_QUIET"}
+        "PYTCPECHO_MODE", "PYTCPECHO_SIZE", "PYTCPECHO_WORKERS", "PYTCPECHO_QUIET",
+        "PYTCPECHO_UDP"}  # mesh: on unless PYTCPECHO_NO_UDP
 
 
 def test_a_core_that_cannot_serve_the_mode_names_the_variable() -> None:

@@ -49,7 +49,12 @@ def test_core_provides_the_whole_contract(name: str) -> None:
 def test_contract_names_what_a_session_must_have() -> None:
     """The runtime check reads the same protocols mypy checks against."""
     assert contract.members(contract.Core) == [
-        "NAME", "MODES", "EchoSession", "ClientSession", "ConnectEachSession", "ClientGroup"]
+        "NAME", "MODES", "EchoSession", "ClientSession", "ConnectEachSession", "ClientGroup",
+        "UdpEchoSession", "UdpClientSession"]
+    assert {"run", "stop", "last_dropped", "datagrams_in", "rate_limited", "truncated"} <= set(
+        contract.members(contract.UdpServerSession))
+    assert {"run", "collect", "stop", "events", "histogram", "sent", "received", "corrupted",
+            "jitter_ns", "ttl_min"} <= set(contract.members(contract.UdpClientSession))
     assert {"add", "run", "stop", "histogram", "failures", "unfinished", "failed"} <= set(
         contract.members(contract.ClientGroup))
     assert {"attach", "run", "bytes_in", "bytes_out", "messages"} == set(
@@ -61,7 +66,8 @@ def test_contract_names_what_a_session_must_have() -> None:
 
 def test_a_core_missing_a_name_is_refused() -> None:
     partial = types.ModuleType("partial")
-    for name in ("NAME", "MODES", "ClientSession", "ConnectEachSession", "ClientGroup"):
+    for name in ("NAME", "MODES", "ClientSession", "ConnectEachSession", "ClientGroup",
+                 "UdpEchoSession", "UdpClientSession"):
         setattr(partial, name, getattr(_pycore, name))
 
     class NoAttach:  # an EchoSession without attach()
@@ -99,7 +105,8 @@ def test_a_stale_build_fails_where_the_core_is_chosen_in_one_line() -> None:
     out = subprocess.run([sys.executable, "-c", code, "ping", "127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60)
     missing = ("the cython core does not implement the core contract: missing EchoSession, "
-               "ClientSession, ConnectEachSession, ClientGroup")
+               "ClientSession, ConnectEachSession, ClientGroup, UdpEchoSession, "
+               "UdpClientSession")
     assert out.stdout.strip() == f"ContractError {missing}"
     assert_one_line_error(out, 2)
     assert out.stderr.strip() == f"pytcpecho: error: {missing}"
