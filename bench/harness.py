@@ -32,7 +32,7 @@ SECONDS = float(os.environ.get("PYTCPECHO_BENCH_SECONDS", "0.3"))
 FULL = SECONDS >= 2
 IDLE_COUNTS = (1000, 10000) if FULL else (100, 300)
 STREAM_MIB = 1024 if FULL else 64
-C_PROGRAMS = ("echo_thread", "echo_splice", "loadgen")
+C_PROGRAMS = ("echo_thread", "echo_splice", "loadgen", "udp_echo", "udp_loadgen")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(ROOT), str(SERVERS), os.environ.get("PYTHONPATH", "")])}
 
@@ -55,7 +55,7 @@ def build_c() -> bool:
         newest = max(src.stat().st_mtime, (BENCH / "c" / "common.h").stat().st_mtime)
         if out.exists() and out.stat().st_mtime >= newest:
             continue
-        subprocess.run([cc, "-O2", "-pthread", "-o", str(out), str(src)], check=True,
+        subprocess.run([cc, "-O2", "-pthread", "-Wall", "-o", str(out), str(src)], check=True,
                        timeout=120)
     return True
 
@@ -102,6 +102,14 @@ SERVER_LIST = (
     Server("exercise", _py("exercise.py"), exercise_only=True),
 )
 SERVER_BY_NAME = {s.name: s for s in SERVER_LIST}
+
+# UDP echo servers: a plain recvfrom/sendto loop in C (one thread), and pytcpecho serve
+# --udp (TCP and UDP on one port, the per-source rate limit off: it would throttle a load).
+UDP_SERVER_LIST = (
+    Server("c-udp", lambda: [str(BIN / "udp_echo"), "0"], native=True),
+    Server("pytcpecho-udp", _py("udp_pytcpecho_server.py", "cython")),
+)
+UDP_SERVER_BY_NAME = {s.name: s for s in UDP_SERVER_LIST}
 
 BURN_CODE = "import time\nend = time.monotonic() + {0}\nwhile time.monotonic() < end: pass\n"
 
@@ -232,6 +240,39 @@ def c_loadgen(port: int, size: int, connections: int, seconds: float,
     except (KeyError, ValueError):
         raise RuntimeError(f"loadgen exited {result.returncode}: {result.stdout.strip()} "
                            f"{result.stderr.strip()}") from None
+
+
+def pytcpecho_udp_bench(port: int, args: list[str], timeout: float = 300) -> dict[str, Any]:
+    """``pytcpecho bench --udp --json`` in its own process; its JSON document, plus the
+    status (1 is a run that finished with loss or damage: the document says which)."""
+    result = subprocess.run([sys.executable, "-m", "pytcpecho", "bench", "--udp",
+                             f"127.0.0.1:{port}", "--json", *args], capture_output=True,
+                            text=True, env=ENV, timeout=timeout, cwd=ROOT)
+    if result.returncode not in (0, 1) or not result.stdout.strip():
+        raise RuntimeError(f"bench --udp exited {result.returncode}: {result.stderr.strip()}")
+    doc: dict[str, Any] = json.loads(result.stdout)
+    doc["status"] = result.returncode
+    return doc
+
+
+def c_udp_loadgen(port: int, size: int, sockets: int, seconds: float,
+                  rate: float = 0) -> dict[str, Any]:
+    """The C UDP load generator (bench/c/udp_loadgen.c): request/response with ``rate``
+    0, else an open loop at ``rate`` datagrams per second in all, sent with sendmmsg in
+    batches as they fall due.  Its JSON line, plus the status; it counts sent, received,
+    lost, duplicate and wrong-length echoes by sequence number, but never looks at the
+    payload, so its figures carry no integrity claim (no ``corrupted``)."""
+    argv = [str(BIN / "udp_loadgen"), str(port), "-s", str(size), "-c", str(sockets),
+            "-t", f"{seconds:g}"]
+    argv += ["--rate", f"{rate:g}"] if rate else ["--rr"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    try:
+        doc: dict[str, Any] = json.loads(result.stdout)
+    except ValueError:
+        raise RuntimeError(f"udp_loadgen exited {result.returncode}: {result.stdout.strip()} "
+                           f"{result.stderr.strip()}") from None
+    doc["status"] = result.returncode
+    return doc
 
 
 NOFILE_WANTED = 1 << 17  # 10,000 connections of a splice server hold 30,000 fds, plus the load's

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ Entries = dict[str, dict[str, dict[str, Any]]]  # workload -> server -> extra_in
 SERVER_ORDER = ("c-thread", "c-splice", "pytcpecho-cython", "pytcpecho-cython-logged",
                 "pytcpecho-splice", "pytcpecho-python", "pytcpecho-workers2", "threading",
                 "asyncio", "uvloop", "exercise")
+UDP_SERVER_ORDER = ("c-udp", "pytcpecho-udp")
+NOT_TCP = ("idle-", "loadgen-", "keep-time-", "udp-")  # not in the TCP throughput table
 
 
 def load(path: Path) -> Entries:
@@ -39,13 +42,17 @@ def metric(workload: str) -> tuple[str, str]:
         return "mib_per_s", "MiB/s"
     if workload.startswith("idle-"):
         return "rss_mib", "MiB RSS"
+    if workload.startswith("udp-"):
+        return "echoed_per_s", "pkt/s"
     if workload == "connect-each":
         return "messages_per_s", "conn/s"
     return "messages_per_s", "msg/s"
 
 
 def reference(workload: str) -> str:
-    return "c-loadgen" if workload.startswith("loadgen-") else "c-thread"
+    if workload.startswith(("loadgen-", "udp-loadgen-")):
+        return "c-loadgen"
+    return "c-udp" if workload.startswith("udp-") else "c-thread"
 
 
 def ratio(entries: Entries, workload: str, server: str, ref: str | None = None) -> float | None:
@@ -63,7 +70,7 @@ def _fmt(value: float) -> str:
 
 def table(entries: Entries) -> str:
     """One row per workload: the reference's figure, then each server's ratio to it."""
-    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-", "keep-time-"))]
+    workloads = [w for w in entries if not w.startswith(NOT_TCP)]
     servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in workloads)]
     lines = ["| workload | C thread server | " + " | ".join(servers) + " |",
              "|---|---:|" + "---:|" * len(servers)]
@@ -79,10 +86,10 @@ def table(entries: Entries) -> str:
     return "\n".join(lines)
 
 
-def cpu_ratio(entries: Entries, workload: str, server: str, ref: str = "c-thread") -> float | None:
+def cpu_ratio(entries: Entries, workload: str, server: str, ref: str = "c-thread",
+              key: str = "server_cpu_us_per_message") -> float | None:
     """Reference's server CPU per message / this server's: above 1 means cheaper than C."""
     group = entries.get(workload, {})
-    key = "server_cpu_us_per_message"
     mine, theirs = group.get(server, {}).get(key), group.get(ref, {}).get(key)
     return float(theirs) / float(mine) if mine and theirs else None
 
@@ -123,6 +130,59 @@ def memory_table(entries: Entries) -> str:
                          f"KiB/conn{held})")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _udp_cell(info: dict[str, Any], ratio_: float | None) -> str:
+    """One UDP entry: echoed/s (or its ratio), p99, loss, server CPU per datagram."""
+    if not info:
+        return ""
+    head = f"{ratio_:.2f}x" if ratio_ is not None else f"{_fmt(info['echoed_per_s'])} pkt/s"
+    parts = [head]
+    if "latency_p99_ms" in info:
+        parts.append(f"p99 {info['latency_p99_ms']:.3g} ms")
+    if info.get("loss"):
+        parts.append(f"loss {info['loss']:.2%}")
+    if "server_cpu_us_per_datagram" in info:
+        parts.append(f"{info['server_cpu_us_per_datagram']:.2f} us CPU/pkt")
+    return ", ".join(parts)
+
+
+def udp_table(entries: Entries) -> str:
+    """UDP echo: the C UDP server's echoed datagrams per second, pytcpecho's ratio to it;
+    each with its p99 round trip, its loss and its CPU per echoed datagram."""
+    workloads = [w for w in entries if w.startswith("udp-") and not w.startswith("udp-loadgen-")]
+    if not workloads:
+        return ""
+    lines = ["| workload | C UDP server | pytcpecho-udp |", "|---|---:|---:|"]
+    for w in workloads:
+        g = entries[w]
+        lines.append(f"| {w} | {_udp_cell(g.get('c-udp', {}), None)} | "
+                     f"{_udp_cell(g.get('pytcpecho-udp', {}), ratio(entries, w, 'pytcpecho-udp'))}"
+                     " |")
+    return "\n".join(lines)
+
+
+def udp_loadgen_table(entries: Entries) -> str:
+    groups = [w for w in entries if w.startswith("udp-loadgen-")]
+    if not groups:
+        return ""
+    lines = ["| against the C UDP server | C UDP load generator | pytcpecho bench --udp | ratio |",
+             "|---|---:|---:|---:|"]
+    for w in groups:
+        g = entries[w]
+        r = ratio(entries, w, "pytcpecho-bench")
+        lines.append(f"| {w[12:]} | {_udp_cell(g.get('c-loadgen', {}), None)} | "
+                     f"{_udp_cell(g.get('pytcpecho-bench', {}), None)} | "
+                     f"{'' if r is None else f'{r:.2f}x'} |")
+    return "\n".join(lines)
+
+
+def cross_ratio(entries: Entries, workload: str, base: str, server: str) -> float | None:
+    """One server's figure in ``workload`` over its own in ``base`` (same run)."""
+    key, _ = metric(workload)
+    mine = entries.get(workload, {}).get(server, {}).get(key)
+    own = entries.get(base, {}).get(server, {}).get(key)
+    return float(mine) / float(own) if mine is not None and own else None
 
 
 def _integrity(info: dict[str, Any]) -> str:
@@ -212,7 +272,59 @@ def targets(entries: Entries) -> list[tuple[str, str, bool | None]]:
     errors = keep.get("errors")
     add(f"bench -c {n}: errors (== 0)", None if errors is None else float(errors), 0.5,
         above=False, unit="")
+    udp_targets(entries, add, out)
     return out
+
+
+def udp_targets(entries: Entries, add: Callable[..., None],
+                out: list[tuple[str, str, bool | None]]) -> None:
+    """The UDP targets; rows that only inform (p99s, what CPU contention alone costs the
+    C server) have no verdict."""
+
+    def note(what: str, value: str | None) -> None:
+        out.append((what, "not measured" if value is None else value, None))
+
+    def p99s(workload: str) -> str | None:
+        g = entries.get(workload, {})
+        mine, c = (g.get(s, {}).get("latency_p99_ms") for s in ("pytcpecho-udp", "c-udp"))
+        return None if mine is None or c is None else f"{mine:.3g} / {c:.3g} ms"
+
+    def cpu(workload: str) -> float | None:
+        return cpu_ratio(entries, workload, "pytcpecho-udp", "c-udp",
+                         "server_cpu_us_per_datagram")
+
+    def gil(mode: str, server: str) -> float | None:
+        return cross_ratio(entries, f"udp-gil-{mode}-64B", f"udp-{mode}-64B", server)
+
+    for size in ("64B", "1400B"):
+        add(f"UDP request/response {size}: pytcpecho vs C UDP server (>= 1.0x)",
+            ratio(entries, f"udp-rr-{size}", "pytcpecho-udp"), 1.0)
+        note("  p99 round trip, pytcpecho / C", p99s(f"udp-rr-{size}"))
+        add("  same, by server CPU per echoed datagram (C's / pytcpecho's)",
+            cpu(f"udp-rr-{size}"), 1.0)
+    add("UDP batched open loop 64B, echoed/s: pytcpecho vs C UDP server (>= 1.5x)",
+        ratio(entries, "udp-batch-64B", "pytcpecho-udp"), 1.5)
+    note("  p99 round trip, pytcpecho / C", p99s("udp-batch-64B"))
+    add("  same, by server CPU per echoed datagram (C's / pytcpecho's)",
+        cpu("udp-batch-64B"), 1.5)
+    for mode in ("rr", "batch"):
+        add(f"pytcpecho bench --udp vs C UDP load generator, {mode} 64B (>= 0.9x)",
+            ratio(entries, f"udp-loadgen-{mode}-64B", "pytcpecho-bench"), 0.9)
+    # GIL pressure in request/response: the server mostly waits for the next datagram,
+    # so a CPU-bound thread costs it little CPU, and whatever it loses is the GIL's.
+    add("UDP GIL pressure: pytcpecho with a CPU-bound thread vs without, rr 64B (>= 0.8x)",
+        gil("rr", "pytcpecho-udp"), 0.8)
+    c = gil("rr", "c-udp")
+    note("  for scale: C UDP server with a CPU-bound process beside it vs without",
+         None if c is None else f"{c:.2f}x")
+    # Saturated, a server needs a whole core, and on 2 cores the CPU-bound thread takes
+    # one from it and the load: the C server's figure says what that alone costs.
+    mine, c = gil("batch", "pytcpecho-udp"), gil("batch", "c-udp")
+    note("UDP GIL pressure, batch 64B (no target: the CPU-bound thread takes a core): "
+         "pytcpecho with a CPU-bound thread vs without",
+         None if mine is None else f"{mine:.2f}x")
+    note("  for scale: C UDP server with a CPU-bound process beside it vs without",
+         None if c is None else f"{c:.2f}x")
 
 
 def targets_table(entries: Entries) -> str:
@@ -229,7 +341,7 @@ def chart(entries: Entries, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workloads = [w for w in entries if not w.startswith(("idle-", "loadgen-", "keep-time-"))]
+    workloads = [w for w in entries if not w.startswith(NOT_TCP)]
     servers = [s for s in SERVER_ORDER if any(s in entries[w] for w in workloads)]
     fig, ax = plt.subplots(figsize=(12, 5))
     width = 0.8 / len(servers)
@@ -264,6 +376,12 @@ def main() -> None:
                   "message / this server's; above 1 is cheaper than C):", cpu]
     if lg := loadgen_table(entries):
         parts += ["Load generator (message -> echo loop; xN: N connections):", lg]
+    if udp := udp_table(entries):
+        parts += ["UDP echo, the C UDP load generator's load (rr: request/response; batch: "
+                  "open loop, sendmmsg batches); pytcpecho as a ratio to the C UDP server "
+                  "in the same run:", udp]
+    if ulg := udp_loadgen_table(entries):
+        parts += ["UDP load generator (echoed datagrams per second):", ulg]
     if mem := memory_table(entries):
         parts += ["Server memory with idle connections:", mem]
     parts += ["Targets:", targets_table(entries)]
