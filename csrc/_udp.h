@@ -7,6 +7,7 @@
 
 #include "_netio.h"
 #include <netinet/ip.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,6 +20,11 @@
 #define PTE_UDP_TRACE 4096
 #define PTE_UDP_BUCKETS 4096
 #define PTE_CTRL 64
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define PTE_GSO_MAX_BYTES 65000   /* a GSO send's payload in all: under IPv4's 65,507 */
+#define PTE_GSO_GIVE_UP 8         /* refused GSO sends before a server stops trying */
 
 enum { PTE_DROP_DENIED, PTE_DROP_LOOP, PTE_DROP_RATE, PTE_DROP_TRUNC, PTE_NDROP };
 enum { PTE_EV_ECHO, PTE_EV_DUP, PTE_EV_CORRUPT, PTE_EV_LATE, PTE_EV_REFUSED };
@@ -57,28 +63,26 @@ static inline void pte_put_le32(unsigned char *p, uint32_t v) {
         p[i] = (unsigned char)(v & 0xff);
 }
 
-/* poll() one fd (and a wake fd, if >= 0) for input, with a timeout in ns (< 0: none):
- * 1 when fd is readable, 2 when only the wake fd is, 0 on timeout, -1 with errno. */
-static int pte_wait_readable(int fd, int wake, long long timeout_ns) {
-    struct pollfd p[2];
+/* poll() fd for input, with a timeout in ns: 1 when readable, 0 on timeout, -1 with
+ * errno (ppoll(): an open loop's timer must not round to whole milliseconds). */
+static int pte_wait_readable(int fd, long long timeout_ns) {
+    struct pollfd p;
     struct timespec ts;
-    int n;
-    p[0].fd = fd;
-    p[0].events = POLLIN;
-    p[1].fd = wake;
-    p[1].events = POLLIN;
-    p[0].revents = p[1].revents = 0;
+    p.fd = fd;
+    p.events = POLLIN;
+    p.revents = 0;
     ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
     ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
-    n = ppoll(p, wake >= 0 ? 2 : 1, timeout_ns < 0 ? NULL : &ts, NULL);
-    if (n <= 0)
-        return n;
-    return p[0].revents ? 1 : 2;
+    return ppoll(&p, 1, &ts, NULL);
 }
 
-/* A pipe whose write end wakes a waiting loop: both ends non-blocking. */
-static int pte_wake_pipe(int fds[2]) {
-    return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+/* SO_RCVTIMEO of `ns` nanoseconds: how long a blocking receive waits before it comes
+ * back (EAGAIN) to let its loop look for stop(). */
+static int pte_set_rcvtimeo_ns(int fd, long long ns) {
+    struct timeval tv;
+    tv.tv_sec = (time_t)(ns / 1000000000LL);
+    tv.tv_usec = (suseconds_t)((ns % 1000000000LL) / 1000);
+    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 }
 
 /* -- the server -------------------------------------------------------------------- */
@@ -110,7 +114,11 @@ typedef struct {
     struct mmsghdr rmsg[PTE_UDP_BATCH], smsg[PTE_UDP_BATCH];
     struct iovec riov[PTE_UDP_BATCH], siov[PTE_UDP_BATCH];
     struct sockaddr_storage names[PTE_UDP_BATCH];
+    unsigned char sctrl[PTE_UDP_BATCH][PTE_CTRL];
+    int segs[PTE_UDP_BATCH];     /* datagrams in each message sent */
+    long long sbytes[PTE_UDP_BATCH];
     int nsend, next_send;
+    int gso, gso_refused;        /* GSO sends tried (until refused too often), refused */
     double rate, burst;
     pte_bucket *buckets;
     pte_rule *deny, *allow;
@@ -237,9 +245,8 @@ static int pte_udp_server_init(pte_udp_server *u, int fd, size_t max_size, int n
         u->rmsg[i].msg_hdr.msg_iov = &u->riov[i];
         u->rmsg[i].msg_hdr.msg_iovlen = 1;
         u->rmsg[i].msg_hdr.msg_name = &u->names[i];
-        u->smsg[i].msg_hdr.msg_iov = &u->siov[i];
-        u->smsg[i].msg_hdr.msg_iovlen = 1;
     }
+    u->gso = 1;
     return 0;
 }
 
@@ -248,15 +255,16 @@ static void pte_udp_block_port(pte_udp_server *u, int port) {
         u->blocked[port >> 3] |= (unsigned char)(1 << (port & 7));
 }
 
-/* Receive what is waiting, up to a batch, without blocking: how many, or -1 (EAGAIN:
- * nothing). */
+/* Wait for a datagram (SO_RCVTIMEO bounds the wait), then take what else is waiting,
+ * up to a batch (MSG_WAITFORONE): one call per datagram when they come one by one, one
+ * per batch under load.  How many, or -1 (EAGAIN: none came in time). */
 static int pte_udp_server_recv(pte_udp_server *u) {
     int i;
     for (i = 0; i < PTE_UDP_BATCH; i++) {
         u->rmsg[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
         u->rmsg[i].msg_hdr.msg_flags = 0;
     }
-    return recvmmsg(u->fd, u->rmsg, PTE_UDP_BATCH, MSG_DONTWAIT, NULL);
+    return recvmmsg(u->fd, u->rmsg, PTE_UDP_BATCH, MSG_WAITFORONE, NULL);
 }
 
 static void pte_udp_drop(pte_udp_server *u, int why, const pte_src *s) {
@@ -264,10 +272,23 @@ static void pte_udp_drop(pte_udp_server *u, int why, const pte_src *s) {
     u->last[why] = *s;
 }
 
-/* Judge the n datagrams received: the ones to echo are queued for pte_udp_server_send(),
- * each back to its sender, unchanged. */
+/* Whether echo b can ride in the GSO send of the echoes before it (to the same sender),
+ * which began with echo `first` and holds `segs` of them, `bytes` in all: all of one
+ * size but the last, which may be shorter. */
+static int pte_gso_joins(const pte_udp_server *u, int first, int b, int segs, long long bytes) {
+    size_t seg = u->siov[first].iov_len, len = u->siov[b].iov_len;
+    return u->gso && segs < PTE_UDP_BATCH && seg > 0 && len > 0 && len <= seg &&
+           u->siov[b - 1].iov_len == seg && bytes + (long long)len <= PTE_GSO_MAX_BYTES;
+}
+
+/* Judge the n datagrams received; queue the echoes for pte_udp_server_send(), each
+ * back to its sender, unchanged.  Echoes in a row to one sender, of one size (the last
+ * may be shorter), go as one GSO send (UDP_SEGMENT): the kernel makes them datagrams
+ * again after one trip down the stack instead of one trip each. */
 static void pte_udp_server_judge(pte_udp_server *u, int n) {
-    int i, k = 0;
+    int i, k = 0, m = -1;
+    const struct sockaddr_storage *to[PTE_UDP_BATCH];
+    socklen_t tolen[PTE_UDP_BATCH];
     long long now = u->rate > 0 ? pte_now_ns() : 0;
     pte_src s;
     for (i = 0; i < n; i++) {
@@ -287,32 +308,98 @@ static void pte_udp_server_judge(pte_udp_server *u, int n) {
         else {
             u->siov[k].iov_base = u->riov[i].iov_base;
             u->siov[k].iov_len = len;
-            u->smsg[k].msg_hdr.msg_name = &u->names[i];
-            u->smsg[k].msg_hdr.msg_namelen = h->msg_namelen;
+            to[k] = &u->names[i];
+            tolen[k] = h->msg_namelen;
+            if (m >= 0 && tolen[k] == tolen[k - 1] &&
+                memcmp(to[k], to[k - 1], tolen[k]) == 0) {
+                struct msghdr *g = &u->smsg[m].msg_hdr;
+                int first = (int)(g->msg_iov - u->siov);
+                if (pte_gso_joins(u, first, k, u->segs[m], u->sbytes[m])) {
+                    g->msg_iovlen++;
+                    u->segs[m]++;
+                    u->sbytes[m] += len;
+                    k++;
+                    continue;
+                }
+            }
+            m++;
+            memset(&u->smsg[m].msg_hdr, 0, sizeof(struct msghdr));
+            u->smsg[m].msg_hdr.msg_name = (void *)to[k];
+            u->smsg[m].msg_hdr.msg_namelen = tolen[k];
+            u->smsg[m].msg_hdr.msg_iov = &u->siov[k];
+            u->smsg[m].msg_hdr.msg_iovlen = 1;
+            u->segs[m] = 1;
+            u->sbytes[m] = len;
             k++;
         }
     }
-    u->nsend = k;
+    for (i = 0; i <= m; i++) {  /* a send of several datagrams says their size */
+        if (u->segs[i] > 1) {
+            struct msghdr *g = &u->smsg[i].msg_hdr;
+            struct cmsghdr *cm;
+            uint16_t size = (uint16_t)g->msg_iov[0].iov_len;
+            g->msg_control = u->sctrl[i];
+            g->msg_controllen = CMSG_SPACE(sizeof(size));
+            cm = CMSG_FIRSTHDR(g);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(size));
+            memcpy(CMSG_DATA(cm), &size, sizeof(size));
+        }
+    }
+    u->nsend = m + 1;
     u->next_send = 0;
+}
+
+/* A GSO send the kernel refused (a device without checksum offload: EIO; a datagram
+ * over the path's MTU: EINVAL), sent again one datagram at a time; after a few such,
+ * the server stops trying GSO. */
+static void pte_udp_send_apart(pte_udp_server *u, struct msghdr *g) {
+    struct msghdr one;
+    size_t j;
+    ssize_t r;
+    if (++u->gso_refused >= PTE_GSO_GIVE_UP)
+        u->gso = 0;
+    for (j = 0; j < g->msg_iovlen; j++) {
+        memset(&one, 0, sizeof(one));
+        one.msg_name = g->msg_name;
+        one.msg_namelen = g->msg_namelen;
+        one.msg_iov = &g->msg_iov[j];
+        one.msg_iovlen = 1;
+        do  /* EINTR: this is no main thread, no signal handler of Python's runs here */
+            r = sendmsg(u->fd, &one, 0);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            u->send_errors++;
+        } else {
+            u->datagrams_out++;
+            u->bytes_out += (long long)g->msg_iov[j].iov_len;
+        }
+    }
 }
 
 /* Send the queued echoes.  A datagram the network refuses (EPERM from a firewall,
  * ENETUNREACH, EMSGSIZE, ...) is counted in send_errors and skipped: no peer can end
  * the loop.  Returns 0 when all are done, -1 with errno EINTR to be called again. */
 static int pte_udp_server_send(pte_udp_server *u) {
-    int r, j;
+    int r, j, i;
     while (u->next_send < u->nsend) {
-        r = sendmmsg(u->fd, u->smsg + u->next_send, (unsigned int)(u->nsend - u->next_send), 0);
+        i = u->next_send;
+        r = sendmmsg(u->fd, u->smsg + i, (unsigned int)(u->nsend - i), 0);
         if (r < 0) {
             if (errno == EINTR)
                 return -1;
-            u->send_errors++;
+            if (u->segs[i] > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP ||
+                                   errno == ENOPROTOOPT))
+                pte_udp_send_apart(u, &u->smsg[i].msg_hdr);
+            else
+                u->send_errors += u->segs[i];
             u->next_send++;
             continue;
         }
         for (j = 0; j < r; j++) {
-            u->datagrams_out++;
-            u->bytes_out += u->siov[u->next_send + j].iov_len;
+            u->datagrams_out += u->segs[i + j];
+            u->bytes_out += u->sbytes[i + j];
         }
         u->next_send += r;
     }
@@ -546,16 +633,17 @@ static void pte_udp_client_take(pte_udp_client *c, const unsigned char *p, size_
     pte_udp_event(c, seq, rtt, ttl, PTE_EV_ECHO);
 }
 
-/* Receive and judge what is waiting, without blocking: how many datagrams came (an
- * ICMP error counts as one, in refused), or -1 with errno (EAGAIN: nothing). */
-static int pte_udp_client_recv(pte_udp_client *c, int sub_bits, int nbuckets) {
+/* Receive and judge a batch: what is waiting (flags MSG_DONTWAIT), or once one came
+ * (MSG_WAITFORONE, the wait bounded by SO_RCVTIMEO).  How many datagrams came (an ICMP
+ * error counts as one, in refused), or -1 with errno (EAGAIN: nothing). */
+static int pte_udp_client_recv(pte_udp_client *c, int flags, int sub_bits, int nbuckets) {
     int i, n;
     long long now;
     for (i = 0; i < PTE_UDP_BATCH; i++) {
         c->rmsg[i].msg_hdr.msg_controllen = PTE_CTRL;
         c->rmsg[i].msg_hdr.msg_flags = 0;
     }
-    n = recvmmsg(c->fd, c->rmsg, PTE_UDP_BATCH, MSG_DONTWAIT, NULL);
+    n = recvmmsg(c->fd, c->rmsg, PTE_UDP_BATCH, flags, NULL);
     if (n < 0) {
         if (errno != ECONNREFUSED)
             return -1;

@@ -11,12 +11,11 @@ from pytcpecho.constants import (
 from _udpio cimport (
     pte_src, pte_rule, pte_udp_server, pte_udp_client, pte_event,
     PTE_EV_ECHO, PTE_EV_DUP, PTE_EV_CORRUPT, PTE_EV_LATE, PTE_EV_REFUSED,
-    pte_wake_pipe, pte_wait_readable, pte_udp_server_init, pte_udp_server_free,
+    MSG_WAITFORONE, pte_wait_readable, pte_set_rcvtimeo_ns, pte_udp_server_init, pte_udp_server_free,
     pte_udp_block_port, pte_udp_server_recv, pte_udp_server_judge, pte_udp_server_send,
     pte_udp_want_ttl, pte_udp_client_init, pte_udp_client_free, pte_udp_answered,
     pte_udp_client_send, pte_udp_client_recv,
 )
-from _sys cimport close, write
 
 cdef extern from "<sys/socket.h>":
     enum:
@@ -25,7 +24,11 @@ cdef extern from "<sys/socket.h>":
 
 
 cdef long long UDP_WAIT_SLICE_NS = 100000000
-"""The longest a datagram loop waits at once: stop() is seen within 0.1 s."""
+"""The longest a datagram loop waits at once (the socket's SO_RCVTIMEO while a session
+runs on it): stop() is seen within 0.1 s."""
+cdef long long UDP_SEND_SLACK_NS = 100000
+"""How long an open loop's first due datagram may wait for a whole batch (0.1 ms), where
+at least two fall due in that time."""
 _EVENT_KINDS = {PTE_EV_ECHO: "echo", PTE_EV_DUP: "duplicate", PTE_EV_CORRUPT: "corrupted",
                 PTE_EV_LATE: "late", PTE_EV_REFUSED: "refused"}
 
@@ -52,14 +55,10 @@ cdef class UdpEchoSession:
 
     cdef pte_udp_server u
     cdef bint ready
-    cdef int wake_r
-    cdef int wake_w
     cdef int stop_flag
 
     def __cinit__(self, int fd, Py_ssize_t max_size=UDP_MAX_SIZE, double rate=UDP_RATE,
                   object deny=(), object allow=(), object blocked_ports=UDP_LOOP_PORTS):
-        cdef int fds[2]
-        self.wake_r = self.wake_w = -1
         if not 1 <= max_size <= 65535:
             raise ValueError("max_size must be 1 to 65535 bytes")
         if not rate >= 0:
@@ -78,16 +77,10 @@ cdef class UdpEchoSession:
         self.u.burst = max(rate * UDP_BURST_SECONDS, UDP_MIN_BURST)
         for p in ports:
             pte_udp_block_port(&self.u, p)
-        if pte_wake_pipe(fds) != 0:
-            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
-        self.wake_r, self.wake_w = fds[0], fds[1]
 
     def __dealloc__(self):
         if self.ready:
             pte_udp_server_free(&self.u)
-        if self.wake_r >= 0:
-            close(self.wake_r)
-            close(self.wake_w)
 
     @property
     def datagrams_in(self):
@@ -138,24 +131,23 @@ cdef class UdpEchoSession:
         return str(ipaddress.ip_address(packed)), s.port
 
     def stop(self):
-        """Make run() return soon (safe from any thread, and before run())."""
-        cdef char one = 1
+        """Make run() return within 0.1 s (safe from any thread, and before run())."""
         self.stop_flag = 1
-        write(self.wake_w, &one, 1)  # full: a wake-up is pending already
 
     def run(self):
-        """Echo until stop()."""
+        """Echo until stop().  The socket's SO_RCVTIMEO becomes 0.1 s: each wait for a
+        datagram comes back that often to look for stop()."""
+        if pte_set_rcvtimeo_ns(self.u.fd, UDP_WAIT_SLICE_NS) != 0:
+            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
         with nogil:
             self._loop()
 
     cdef int _loop(self) except -1 nogil:
-        cdef int n, w
+        cdef int n
         while not self.stop_flag:
             while not failed_with(n := pte_udp_server_recv(&self.u), EAGAIN) and check_rc(n):
                 pass
-            if n < 0:  # nothing waiting: sleep until a datagram or stop()
-                while check_rc(w := pte_wait_readable(self.u.fd, self.wake_r, -1)):
-                    pass
+            if n < 0:  # none came in 0.1 s: look at stop_flag again
                 continue
             pte_udp_server_judge(&self.u, n)
             while check_rc(pte_udp_server_send(&self.u)):
@@ -193,7 +185,7 @@ cdef class UdpClientSession:
                                int.from_bytes(os.urandom(4), "little"), NBUCKETS, trace) != 0:
             raise MemoryError()
         self.ready = True
-        if pte_udp_want_ttl(fd) != 0:
+        if pte_udp_want_ttl(fd) != 0 or pte_set_rcvtimeo_ns(fd, UDP_WAIT_SLICE_NS) != 0:
             raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
 
     def __dealloc__(self):
@@ -333,12 +325,15 @@ cdef class UdpClientSession:
         return 0
 
     cdef int _receive(self, long long until) except -1 nogil:
-        """Take what has come; if nothing had, wait for more until ``until`` (at most 0.1 s
-        at a time).  0 once ``until`` has passed, else 1."""
+        """Take what comes until ``until``, at most 0.1 s at a time: 0 once ``until`` has
+        passed, else 1.  With 0.1 s or more to go, the wait is the receive itself (one
+        call per echo, as a plain blocking loop makes; SO_RCVTIMEO bounds it); nearer
+        the end, a poll() of exactly what is left."""
         cdef int n, w
-        cdef long long t
-        while not failed_with(n := pte_udp_client_recv(&self.c, SUB_BITS, NBUCKETS), EAGAIN) \
-                and check_rc(n):
+        cdef long long t = now_ns()
+        cdef int flags = MSG_WAITFORONE if until - t >= UDP_WAIT_SLICE_NS else MSG_DONTWAIT
+        while not failed_with(n := pte_udp_client_recv(&self.c, flags, SUB_BITS, NBUCKETS),
+                              EAGAIN) and check_rc(n):
             pass
         t = now_ns()
         self._poll_signals(t)
@@ -346,8 +341,9 @@ cdef class UdpClientSession:
             return 1
         if t >= until:
             return 0
-        while check_rc(w := pte_wait_readable(self.c.fd, -1, min(until - t, UDP_WAIT_SLICE_NS))):
-            pass
+        if flags == MSG_DONTWAIT:
+            while check_rc(w := pte_wait_readable(self.c.fd, min(until - t, UDP_WAIT_SLICE_NS))):
+                pass
         return 1
 
     cdef int _lockstep(self, long long count, long long deadline) except -1 nogil:
@@ -371,10 +367,14 @@ cdef class UdpClientSession:
 
     cdef int _open_loop(self, long long count, long long interval_ns, long long deadline) \
             except -1 nogil:
-        """Datagram i is due at start + i * interval; all that are due go at once (one
-        sendmmsg() for up to a batch), stamped with their due times, so a sender that
-        falls behind shows as latency, not as a lower rate measured from late sends."""
-        cdef long long start = now_ns(), i = 0, t, due, n, next_due
+        """Datagram i is due at start + i * interval, and carries that time: a sender that
+        falls behind shows as latency, not as a lower rate measured from late sends.
+        What is due goes at once, a batch to a sendmmsg(); at rates where several fall
+        due within UDP_SEND_SLACK_NS, the first waits up to that long for a whole batch
+        (the wait is in its latency), so a fast loop costs a few calls per batch, not
+        three per datagram."""
+        cdef long long start = now_ns(), i = 0, t, due, n, next_due, oldest
+        cdef long long slack = UDP_SEND_SLACK_NS if interval_ns * 2 <= UDP_SEND_SLACK_NS else 0
         cdef int r, got
         while not self.stop_flag:
             t = now_ns()
@@ -387,21 +387,27 @@ cdef class UdpClientSession:
             n = due - i
             if n > UDP_BATCH:
                 n = UDP_BATCH
+            oldest = start + i * interval_ns
+            if (0 < n < UDP_BATCH and t - oldest < slack and due != count
+                    and not (deadline and oldest + slack >= deadline)):
+                n = 0  # a whole batch soon: wait for it, or for the slack to run out
             if n > 0:
-                while check_rc(r := pte_udp_client_send(&self.c, <int>n,
-                                                        start + i * interval_ns, interval_ns)):
+                while check_rc(r := pte_udp_client_send(&self.c, <int>n, oldest, interval_ns)):
                     pass
                 i += r
-            while not failed_with(got := pte_udp_client_recv(&self.c, SUB_BITS, NBUCKETS),
-                                  EAGAIN) and check_rc(got):
+            while not failed_with(got := pte_udp_client_recv(&self.c, MSG_DONTWAIT, SUB_BITS,
+                                                             NBUCKETS), EAGAIN) and check_rc(got):
                 pass
-            if n <= 0 and got < 0:  # nothing due, nothing come: wait for either
+            if n <= 0 and got < 0:  # nothing to send yet, nothing come: wait for either
                 next_due = start + i * interval_ns
+                if slack and next_due <= t:  # some are due, waiting for a batch
+                    next_due = min(next_due + slack,
+                                   start + (i + UDP_BATCH - 1) * interval_ns)
                 if deadline and next_due > deadline:
                     next_due = deadline
                 t = now_ns()
                 if next_due > t:
                     while check_rc(r := pte_wait_readable(
-                            self.c.fd, -1, min(next_due - t, UDP_WAIT_SLICE_NS))):
+                            self.c.fd, min(next_due - t, UDP_WAIT_SLICE_NS))):
                         pass
         return 0

@@ -13,6 +13,7 @@ cdef extern from "_udp.h" nogil:
         PTE_EV_CORRUPT
         PTE_EV_LATE
         PTE_EV_REFUSED
+        MSG_WAITFORONE
 
     ctypedef struct pte_src:
         unsigned char addr[16]
@@ -68,8 +69,8 @@ cdef extern from "_udp.h" nogil:
         pte_event *events
         int nevents
 
-    int pte_wake_pipe(int fds[2])
-    int pte_wait_readable(int fd, int wake, long long timeout_ns)
+    int pte_wait_readable(int fd, long long timeout_ns)
+    int pte_set_rcvtimeo_ns(int fd, long long ns)
     int pte_udp_server_init(pte_udp_server *u, int fd, size_t max_size, int ndeny, int nallow)
     void pte_udp_server_free(pte_udp_server *u)
     void pte_udp_block_port(pte_udp_server *u, int port)
@@ -82,4 +83,4 @@ cdef extern from "_udp.h" nogil:
     void pte_udp_client_free(pte_udp_client *c)
     int pte_udp_answered(const pte_udp_client *c, long long seq)
     int pte_udp_client_send(pte_udp_client *c, int n, long long t0, long long step)
-    int pte_udp_client_recv(pte_udp_client *c, int sub_bits, int nbuckets)
+    int pte_udp_client_recv(pte_udp_client *c, int flags, int sub_bits, int nbuckets)

@@ -183,7 +183,8 @@ class UdpServerSession(Protocol):
     UDP_MIN_BURST ("rate_limited"; rate 0: no limit); it is longer than
     ``max_size`` ("truncated").  An IPv4-mapped IPv6 source is read as the IPv4
     address it is.  A datagram that cannot be sent back (the network says no) is
-    counted in ``send_errors``; none of this ends the loop.
+    counted in ``send_errors``; none of this ends the loop.  The socket is blocking
+    (a core may set its SO_RCVTIMEO to wake up for stop()).
     """
 
     @property
@@ -239,7 +240,8 @@ class UdpClientSession(Timed, Protocol):
     IPV6_RECVHOPLIMIT, which the session turns on) is kept: ``ttl_last``,
     ``ttl_min``, ``ttl_max`` (-1 until one came).  An ICMP error the socket reports
     (a closed port) is counted in ``refused``.  ``messages`` is ``received``; what
-    is not received is lost or still in flight.
+    is not received is lost or still in flight.  The socket is blocking (a core may set
+    its SO_RCVTIMEO to bound its waits).
     """
 
     @property

@@ -22,7 +22,7 @@ from .constants import DEFAULT_PORT, PING_SIZE, PING_TIMEOUT, UDP_HEADER, UDP_MA
 from .contract import UdpClientSession
 from .histogram import LatencyStats, summarize
 from .pattern import make_base
-from .sockets import resolve_error
+from .sockets import make_blocking, resolve_error
 from .units import check_seconds, format_hostport, parse_port, peer_name
 
 INITIAL_TTLS = (32, 64, 128, 255)
@@ -120,6 +120,7 @@ def connect(host: str, port: int) -> socket.socket:
     except (socket.gaierror, UnicodeError) as exc:
         raise UdpEchoError(resolve_error(host, exc)) from None
     sock = socket.socket(family, kind, proto)
+    make_blocking(sock)  # the core waits in the kernel, whatever setdefaulttimeout() says
     try:
         sock.connect(sockaddr)
     except OSError as exc:

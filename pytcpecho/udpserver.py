@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .constants import UDP_LOOP_PORTS, UDP_MAX_SIZE, UDP_RATE
 from .contract import Core, UdpServerSession
+from .sockets import make_blocking
 from .units import format_hostport
 
 log = logging.getLogger("pytcpecho.server")
@@ -78,6 +79,7 @@ class UdpEcho:
         address = listener.getsockname()
         self.sock = socket.socket(listener.family, socket.SOCK_DGRAM)
         try:
+            make_blocking(self.sock)
             if dualstack:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             if reuse_port:
