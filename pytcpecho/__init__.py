@@ -1,9 +1,10 @@
-"""pytcpecho: a TCP echo server and verifying client with a GIL-free Cython core."""
+"""pytcpecho: a TCP and UDP echo server and verifying client with a GIL-free Cython core."""
 
 from ._version import __version__
 from .client import EchoClient, EchoError, EchoResult, Progress
 from .core import cython_available
 from .server import EchoServer, ServerStats
+from .udpclient import UdpEchoClient, UdpEchoError, UdpResult
 
 __all__ = [
     "EchoClient",
@@ -12,6 +13,9 @@ __all__ = [
     "EchoServer",
     "Progress",
     "ServerStats",
+    "UdpEchoClient",
+    "UdpEchoError",
+    "UdpResult",
     "__version__",
     "cython_available",
 ]
