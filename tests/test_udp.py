@@ -27,15 +27,6 @@ from pytcpecho.constants import UDP_LOOP_PORTS
 pytestmark = pytest.mark.timeout(120)
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 # -- the API -----------------------------------------------------------------------------
 
 def test_a_server_with_udp_echoes_datagrams_on_its_tcp_port(core: str) -> None:
