@@ -31,7 +31,7 @@ RESTART_PAUSE = 0.1
 DROP_LOG_EVERY = 5.0
 _WHY = {
     "denied": "from a network --allow/--deny refuses",
-    "loop_port": "from a loop-prone source port (a small service's, or this server's own)",
+    "loop_port": "from a loop-prone source port, a small service's or this server's own",
     "rate_limited": "over --udp-rate {rate:g}/s for one source",
     "truncated": "larger than --udp-max-size {max_size} bytes",
 }
