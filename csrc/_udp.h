@@ -424,6 +424,7 @@ typedef struct {
     struct iovec siov[PTE_UDP_BATCH], riov[PTE_UDP_BATCH];
     uint64_t *seen; /* PTE_UDP_WINDOW bits: the sequence numbers answered */
     long long sent, received, corrupted, duplicates, reordered, late, refused;
+    int closed; /* an ICMP error came after the last echo: the port is closed now */
     long long bytes_sent, bytes_received;
     long long next_expected;
     double jitter;
@@ -536,6 +537,7 @@ static int pte_udp_client_send(pte_udp_client *c, int n, long long t0, long long
         if (r >= 0 || errno != ECONNREFUSED)
             break;
         c->refused++;
+        c->closed = 1;
         pte_udp_event(c, -1, -1, -1, PTE_EV_REFUSED);
     }
     if (r > 0) { /* a short batch: the rest go with the next one, stamped again */
@@ -610,6 +612,7 @@ static void pte_udp_client_take(pte_udp_client *c, const unsigned char *p, size_
     }
     c->seen[bit >> 6] |= (uint64_t)1 << (bit & 63);
     c->received++;
+    c->closed = 0;
     c->bytes_received += (long long)len;
     if (seq < c->next_expected)
         c->reordered++;
@@ -648,6 +651,7 @@ static int pte_udp_client_recv(pte_udp_client *c, int flags, int sub_bits, int n
         if (errno != ECONNREFUSED)
             return -1;
         c->refused++;
+        c->closed = 1;
         pte_udp_event(c, -1, -1, -1, PTE_EV_REFUSED);
         return 1;
     }

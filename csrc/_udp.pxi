@@ -301,13 +301,13 @@ cdef class UdpClientSession:
         return self.collect(wait)
 
     def collect(self, object wait=None):
-        """Receive until every datagram sent is answered, ``wait`` seconds pass or stop()."""
+        """Receive until every datagram sent is answered, the port is closed (an ICMP
+        error came after the last echo: none is coming), ``wait`` seconds pass or stop()."""
         cdef long long until = now_ns() + (self.wait_ns if wait is None
                                            else <long long>(float(wait) * 1e9))
         self._watch_signals_here()
         with nogil:
-            # An ICMP error (a closed port) answers a datagram too: none is coming.
-            while self.c.received + self.c.refused < self.c.sent and not self.stop_flag:
+            while self.c.received < self.c.sent and not self.c.closed and not self.stop_flag:
                 if not self._receive(until):
                     break
         return self.c.received == self.c.sent and self.c.corrupted == 0

@@ -56,6 +56,7 @@ cdef extern from "_udp.h" nogil:
         long long reordered
         long long late
         long long refused
+        int closed
         long long bytes_sent
         long long bytes_received
         double jitter

@@ -135,6 +135,7 @@ class UdpClientSession:
         self._stop = False
         self.sent = self.received = self.corrupted = self.duplicates = 0
         self.reordered = self.late = self.refused = 0
+        self._closed = False
         self.jitter_ns = 0.0
         self.ttl_last = self.ttl_min = self.ttl_max = -1
         self.bytes_sent = self.bytes_received = self.messages = 0
@@ -268,11 +269,11 @@ class UdpClientSession:
             self._await(sock, poller, select.POLLIN, min(due - now, _TICK_NS))
 
     def _collect(self, sock: socket.socket, poller: select.poll, wait_ns: int) -> None:
-        """Read until every datagram sent is answered (an ICMP error answers one),
-        ``wait_ns`` passes or stop()."""
+        """Read until every datagram sent is answered, the port is closed (an ICMP error
+        came after the last echo: none is coming), ``wait_ns`` passes or stop()."""
         end = time.monotonic_ns() + wait_ns
         self._drain(sock, 0)
-        while self.received + self.refused < self.sent and not self._stop:
+        while self.received < self.sent and not self._closed and not self._stop:
             left = end - time.monotonic_ns()
             if left <= 0:
                 return
@@ -365,6 +366,7 @@ class UdpClientSession:
         else:
             self._highest = seq
         self.received += 1
+        self._closed = False
         self.messages = self.received
         self.bytes_received += len(data)
         self._record(rtt)
@@ -379,6 +381,7 @@ class UdpClientSession:
 
     def _refuse(self) -> None:
         self.refused += 1
+        self._closed = True  # until an echo comes: the port is closed now
         self._event(-1, -1, -1, "refused")
 
     def _event(self, seq: int, rtt: int, ttl: int, kind: str) -> None:

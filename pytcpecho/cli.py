@@ -333,7 +333,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from . import node  # prometheus_client: imported only where metrics are served
         core = serving_core(args.core, args.mode).NAME
-        companion = partial(node.metrics, args.host, args.metrics_port, core)
+        companion = partial(node.metrics, args.host, args.metrics_port, core, udp=args.udp)
     if args.workers > 1:  # the supervisor serves the metrics, of all its workers
         return supervisor.run(options, args.workers, companion)
     return serving.run(options, companion=companion)

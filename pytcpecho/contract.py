@@ -279,9 +279,10 @@ class UdpClientSession(Timed, Protocol):
         datagram just sent."""
 
     def collect(self, wait: float | None = None) -> bool:
-        """Receive until every datagram sent is answered (by its echo, or by an ICMP error:
-        refused), ``wait`` seconds pass (None: the session's timeout, or 1 s without one)
-        or stop(); True as for run()."""
+        """Receive until every datagram sent is answered, the port is closed (an ICMP
+        error came after the last echo: none is coming; the kernel keeps one such error
+        at a time, not one per datagram), ``wait`` seconds pass (None: the session's
+        timeout, or 1 s without one) or stop(); True as for run()."""
 
     def events(self) -> list[tuple[int, int, int, str]]:
         """With ``trace``: what came since the last call, in order, as (sequence number,
