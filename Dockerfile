@@ -2,6 +2,7 @@
 # pytcpecho: the echo server as a drop-in container.
 #   docker build -t pytcpecho:0.1.0 .
 #   docker run --rm -p 8000:8000 pytcpecho:0.1.0                  # serve on :8000, IPv4 and IPv6
+#   docker run --rm -p 8000:8000/tcp -p 8000:8000/udp pytcpecho:0.1.0 serve --udp  # UDP too
 #   docker run --rm pytcpecho:0.1.0 client HOST:8000              # the verifying client
 # Both stages use the same Python, so the wheel's compiled core fits the runtime.
 
@@ -35,7 +36,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     && python -c "import pytcpecho; assert pytcpecho.cython_available(), 'no Cython core'" \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin pytcpecho
 USER 10001:10001
-EXPOSE 8000
+# Echo on 8000: TCP, and UDP for serve --udp and mesh (which serves both by default).
+EXPOSE 8000/tcp 8000/udp
 # SIGTERM: stop accepting, let connections finish for PYTCPECHO_GRACE seconds (8, inside
 # docker stop's default 10 s), exit 0 with a summary line.
 STOPSIGNAL SIGTERM

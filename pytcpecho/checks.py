@@ -1,4 +1,4 @@
-"""The mesh's two checks of a peer, and the one word each outcome comes down to.
+"""The mesh's three checks of a peer, and the one word each outcome comes down to.
 
 A **ping** is one 64-byte round trip on a new connection: reachability and
 latency.  A **bulk** check streams ``size`` verified bytes on a new connection,
@@ -6,36 +6,70 @@ after a ping-sized round trip on that same connection: when the small echo
 comes back and the large one then stalls, the connection works and only large
 packets are lost, the signature of a path-MTU blackhole.  Every byte is
 checked, so corruption that passes TCP's checksum shows as a mismatch, with the
-offset of the first wrong byte.
+offset of the first wrong byte.  A **udp** probe sends ``count`` numbered 64-byte
+datagrams on a connected UDP socket, in an open loop spread over a fraction of a
+second, and collects their echoes: loss that TCP would hide as slowness, the
+datagrams' round trips and jitter, and the peer's distance in hops from the
+echoes' TTL.
 
-Each check ends in one of RESULTS, with a line that says what happened.
+Each TCP check ends in one of RESULTS, a probe in one of UDP_RESULTS, with a line
+that says what happened.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .contract import ClientSession, Core
+from .histogram import bucket_value
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
-from .units import format_hostport, format_size
+from .udpclient import UdpEchoError, UdpResult, result_of
+from .udpclient import connect as udp_connect
+from .units import format_hostport, format_size, peer_name, plural
 
-CHECKS = ("ping", "bulk")
+CHECKS = ("ping", "bulk", "udp")
 RESULTS = ("intact", "mismatch", "short", "stalled", "timeout", "refused", "unreachable")
 """intact: every byte came back; mismatch: a byte differs (at ``offset``); short: the
 peer closed or reset before the whole echo; stalled: timed out after some bytes came
 back; timeout: timed out connecting, or with nothing back; refused: nothing listens;
 unreachable: no route, or the network is down."""
 
+UDP_RESULTS = ("intact", "lossy", "lost", "refused", "unreachable")
+"""A UDP probe's: intact: every datagram came back as sent; lossy: some were lost or
+came back corrupted; lost: none came back; refused: the peer's port is closed to UDP
+(an ICMP port unreachable: no UDP echo there, as with ``mesh --no-udp``); unreachable:
+the datagrams could not be sent (no route)."""
+
 PROBE_SIZE = 64
-"""Bytes of a ping, and of the round trip a bulk check starts with."""
+"""Bytes of a ping, of the round trip a bulk check starts with, and of each datagram of
+a UDP probe."""
+UDP_SPREAD = 0.2
+"""Seconds a UDP probe's datagrams are spread over at most (an open loop: none waits for
+an echo); a quarter of the interval when that is shorter."""
+UDP_GRACE = 0.5
+UDP_GRACE_RTTS = 4
+"""Once some echoes of a probe came back, the rest are waited for this long after the
+last datagram was sent, at most: 0.5 s or 4 times the slowest round trip seen, whichever
+is longer (and within the timeout).  Later ones are lost, as late as that they would be
+for the traffic UDP carries; and a lossy peer's probe does not hold a check thread for
+the whole timeout each round, delaying its next ping.  With no echo at all, the whole
+timeout."""
+UDP_STEP = 0.05
+"""Seconds of one wait of a probe's collection: between two, it sees whether the peer
+refused (then nothing more will come) or the grace for the missing echoes is over."""
+RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+               1.0, 2.5)
+"""Upper bounds, in seconds, of the round-trip histograms (Prometheus buckets)."""
 
 _UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
                           errno.ENETDOWN, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
@@ -56,6 +90,9 @@ class Outcome:
     detail: str
     offset: int | None = None
     """Where the echo first differed (mismatch)."""
+    probe: UdpProbe | None = None
+    """What a UDP probe measured (None for the TCP checks, and for a probe that could not
+    send)."""
 
     @property
     def intact(self) -> bool:
@@ -74,7 +111,39 @@ class Outcome:
             data["bytes_per_second"] = round(self.bytes_per_second)
         if self.offset is not None:
             data["offset"] = self.offset
+        if self.probe is not None:
+            data.update(self.probe.as_dict())
         return data
+
+
+@dataclass(frozen=True)
+class UdpProbe:
+    """One UDP probe's measurements: its result (udpclient's), and its datagrams' round
+    trips counted into RTT_BUCKETS (the last, over the largest bound) with their sum."""
+
+    result: UdpResult
+    rtt_counts: tuple[int, ...]
+    rtt_sum: float
+
+    @property
+    def loss(self) -> float | None:
+        """The share of datagrams whose echo did not come back intact; None when the
+        peer refused them all (no UDP echo there: nothing was lost)."""
+        r = self.result
+        if r.received == 0 and r.corrupted == 0 and r.refused:
+            return None
+        return r.loss
+
+    def as_dict(self) -> dict[str, Any]:
+        r, lat = self.result, self.result.latency
+        echoed = r.received > 0
+        return {"sent": r.transmitted, "received": r.received, "corrupted": r.corrupted,
+                "duplicates": r.duplicates, "reordered": r.reordered,
+                "loss": None if self.loss is None else round(self.loss, 4),
+                "rtt_p50_ms": round(lat.p50, 3) if echoed else None,
+                "rtt_p99_ms": round(lat.p99, 3) if echoed else None,
+                "jitter_ms": round(r.jitter_ms, 3) if echoed else None,
+                "ttl": r.ttl, "hops": r.hops}
 
 
 def ping(core: Core, address: tuple[str, int], timeout: float) -> Outcome:
@@ -86,6 +155,74 @@ def bulk(core: Core, address: tuple[str, int], size: int, timeout: float) -> Out
     """A 64-byte round trip, then ``size`` bytes streamed and verified, on one new
     connection, all within ``timeout`` seconds."""
     return _Check(core, "bulk", address, size, timeout).run()
+
+
+def udp(core: Core, address: tuple[str, int], count: int, timeout: float,
+        spread: float = UDP_SPREAD) -> Outcome:
+    """``count`` 64-byte datagrams to ``address`` (ip, port) on a connected UDP socket,
+    sent in an open loop over ``spread`` seconds, then their echoes collected for at most
+    ``timeout`` seconds: less when all came back, when the peer refused them, or, once
+    some came, when the missing ones are later than UDP_GRACE allows."""
+    target = format_hostport(*address)
+    started = time.perf_counter()
+    try:
+        sock = udp_connect(*address)
+    except UdpEchoError as exc:
+        return Outcome("udp", "unreachable", time.time(), 0.0, 0, str(exc))
+    with sock:
+        session = core.UdpClientSession(sock.fileno(), PROBE_SIZE,
+                                        make_base(secrets.randbits(32)), timeout)
+        try:
+            session.run(count, rate=count / max(spread, 0.001), wait=0)
+            last_sent = time.monotonic()
+            while session.received + session.corrupted + session.refused < session.sent:
+                if session.refused and not session.received:
+                    break  # a closed port: nothing more will come
+                wait = timeout
+                if session.received:
+                    wait = min(wait, max(UDP_GRACE,
+                                         UDP_GRACE_RTTS * session.latency_max_ns / 1e9))
+                left = last_sent + wait - time.monotonic()
+                session.collect(min(max(left, 0.0), UDP_STEP))  # 0: what is queued already
+                if left <= 0:
+                    break
+        except OSError as exc:  # an ICMP error other than a closed port: no route
+            return Outcome("udp", "unreachable", time.time(), time.perf_counter() - started,
+                           0, f"cannot send: {exc.strerror or exc}")
+        elapsed = time.perf_counter() - started
+        result = result_of(session, target, peer_name(sock.getpeername()), PROBE_SIZE,
+                           elapsed)
+        counts = rtt_counts(session.histogram(), session.latency_min_ns,
+                            session.latency_max_ns)
+        probe = UdpProbe(result, counts, session.latency_sum_ns / 1e9)
+    kind, detail = _udp_verdict(result, timeout)
+    return Outcome("udp", kind, time.time(), elapsed, result.received * PROBE_SIZE, detail,
+                   probe=probe)
+
+
+def _udp_verdict(r: UdpResult, timeout: float) -> tuple[str, str]:
+    sent = f"{r.transmitted} datagram{plural(r.transmitted)}"
+    if r.received == 0 and r.corrupted == 0:
+        if r.refused:
+            return "refused", "no UDP echo there: port unreachable (ICMP)"
+        return "lost", f"none of {sent} came back in {timeout:g} s"
+    if r.intact:
+        return "intact", f"{r.received} of {sent} back intact"
+    lost = r.transmitted - r.received
+    corrupted = f", {r.corrupted} corrupted" if r.corrupted else ""
+    return "lossy", f"{lost} of {sent} not back intact ({r.loss * 100:.0f}% loss{corrupted})"
+
+
+def rtt_counts(histogram: Sequence[int], min_ns: int, max_ns: int) -> tuple[int, ...]:
+    """A core's latency histogram counted into RTT_BUCKETS (one count more, for over the
+    largest bound), each bucket read at its middle, within the exact min and max (so
+    within the histogram's ~1.6% of the round trip)."""
+    counts = [0] * (len(RTT_BUCKETS) + 1)
+    for i, count in enumerate(histogram):
+        if count:
+            ns = min(max(bucket_value(i), min_ns), max_ns)
+            counts[bisect.bisect_left(RTT_BUCKETS, ns / 1e9)] += count
+    return tuple(counts)
 
 
 class _Check:

@@ -5,7 +5,8 @@ peers for its /status (on the same HTTP port as its own), a few at a time,
 each within ``GATHER_TIMEOUT``; a peer that does not answer, or answers with
 something else, is a row that says so.  The page is plain HTML and CSS made
 here, with nothing to fetch: rows are the checking nodes, columns the checked
-ones, a cell's colour its state and its title the round trip and the problem.
+ones, a cell's colour its state (a lossy one also shows its loss) and its title the
+round trips, the hops and the problem.
 """
 
 from __future__ import annotations
@@ -70,12 +71,15 @@ def _fetch(ip: str, port: int, deadline: float) -> dict[str, Any]:
 # -- the page -----------------------------------------------------------------------
 
 _LABELS = {"intact": "intact", "mtu": "MTU?", "corrupt": "corrupt", "down": "down",
-           "degraded": "degraded", "unknown": "…"}
+           "degraded": "degraded", "lossy": "lossy", "unknown": "…"}
 _LEGEND = {"intact": "every byte back intact",
            "mtu": "pings intact, bulk stalls: suspected path-MTU blackhole",
            "corrupt": "an echo differed from what was sent",
            "down": "the ping failed", "degraded": "bulk check failed otherwise",
+           "lossy": "TCP intact, UDP datagrams lost (the share lost)",
            "unknown": "not checked yet"}
+NO_UDP = "no UDP"
+"""What a cell adds when the peer refuses datagrams (it runs ``mesh --no-udp``)."""
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
@@ -85,6 +89,7 @@ th.from { text-align: left; }
 td.intact { background: #bfe8c4; } td.mtu { background: #ffd27f; }
 td.corrupt { background: #f08fb0; } td.down { background: #f59a8a; }
 td.degraded { background: #f7e08a; } td.unknown { background: #e6e6e6; }
+td.lossy { background: #c9b8f0; } td small.udp { display: block; font-size: 11px; }
 td.self { background: #fff; color: #999; } td.missing { background: #fafafa; color: #aaa; }
 td.noreply { background: #d7d7d7; color: #555; }
 small { color: #555; } .legend td { text-align: left; }
@@ -120,7 +125,9 @@ def render(matrix: Mapping[str, Any]) -> str:
     out.append("</tbody></table><h2>Legend</h2><table class=\"legend\">")
     out += [f'<tr><td class="{state}">{_e(_LABELS[state])}</td><td>{_e(text)}</td></tr>'
             for state, text in _LEGEND.items()]
-    out.append("</table><p><small>pytcpecho mesh; machine-readable: "
+    out.append(f"</table><p><small>{NO_UDP}: the peer refuses datagrams (ICMP port "
+               "unreachable: it runs <code>--no-udp</code>), so only its TCP is checked."
+               "</small></p><p><small>pytcpecho mesh; machine-readable: "
                '<a href="/mesh">/mesh</a>, <a href="/status">/status</a>, '
                '<a href="/metrics">/metrics</a>.</small></p></body></html>')
     return "\n".join(out)
@@ -137,19 +144,47 @@ def _cell(row: str, col: str, node: Mapping[str, Any]) -> str:
     if not isinstance(peer, dict):
         return f'<td class="missing" {where} data-state="missing">·</td>'
     state = str(peer.get("state")) if peer.get("state") in _LABELS else "unknown"
-    rtt = peer.get("rtt_ms")
-    text = f"{rtt:.2f} ms" if state == "intact" and isinstance(rtt, int | float) \
-        else _LABELS[state]
+    rtt, loss = _number(peer, "rtt_ms"), _number(peer, "udp_loss")
+    text = f"{rtt:.2f} ms" if state == "intact" and rtt is not None else _LABELS[state]
+    if state == "lossy" and loss is not None:
+        text = f"{loss * 100:.0f}% lost"
     title = [f"{row} → {col}: {state}"]
-    if isinstance(rtt, int | float):
+    if rtt is not None:
         title.append(f"RTT {rtt:.3f} ms")
-    rate = peer.get("bulk_bytes_per_second")
-    if isinstance(rate, int | float):
+    rate = _number(peer, "bulk_bytes_per_second")
+    if rate is not None:
         title.append(f"bulk {rate / 1048576:.1f} MiB/s")
+    no_udp = peer.get("udp") == "refused"
+    if no_udp:
+        title.append(f"{NO_UDP} (port unreachable)")
+    elif loss is not None:
+        udp = f"UDP loss {loss * 100:.1f}%"
+        p50, p99 = _number(peer, "udp_rtt_p50_ms"), _number(peer, "udp_rtt_p99_ms")
+        if p50 is not None and p99 is not None:
+            udp += f", RTT p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+        jitter = _number(peer, "udp_jitter_ms")
+        if jitter is not None:
+            udp += f", jitter {jitter:.3f} ms"
+        title.append(udp)
+    hops = _number(peer, "hops")
+    if hops is not None:
+        title.append(f"{hops:.0f} hop{'' if hops == 1 else 's'}")
     if peer.get("problem"):
         title.append(str(peer["problem"]))
-    return (f'<td class="{state}" {where} data-state="{state}" '
-            f'title="{_e("; ".join(title))}">{_e(text)}</td>')
+    extra = ""
+    if no_udp and state != "down":  # a peer down: that probe is from before
+        extra = f'<small class="udp">{NO_UDP}</small>'
+    udp_attr = f' data-udp="{_e(peer["udp"])}"' if isinstance(peer.get("udp"), str) else ""
+    hops_attr = f' data-hops="{hops:.0f}"' if hops is not None else ""
+    return (f'<td class="{state}" {where} data-state="{state}"{udp_attr}{hops_attr} '
+            f'title="{_e("; ".join(title))}">{_e(text)}{extra}</td>')
+
+
+def _number(peer: Mapping[str, Any], key: str) -> float | None:
+    """A number a peer's status gives (another node's: anything else is None)."""
+    value = peer.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
 
 
 def _name(key: str, nodes: Mapping[str, Any]) -> str:

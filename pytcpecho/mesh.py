@@ -10,16 +10,19 @@ Three kinds of thread share one table of peers under one lock:
   so the checks of N nodes spread over the interval instead of firing at once;
   a peer whose last check is still running skips a round rather than pile up;
 - ``concurrency`` check threads take the due peers from a queue and run the
-  checks (a ping each interval, a bulk check every ``bulk_every``, in a round
-  drawn at random for each peer, so the bulk transfers of a mesh that starts at
-  once spread over that many intervals too), each bounded by ``timeout``: a dead
-  peer holds one thread for one timeout, never the others.
+  checks (a ping each interval, then, with ``udp``, a UDP probe of ``udp_count``
+  datagrams when the ping came back, and a bulk check every ``bulk_every``, in a
+  round drawn at random for each peer, so the bulk transfers of a mesh that starts
+  at once spread over that many intervals too), each bounded by ``timeout``: a
+  dead peer holds one thread for one timeout, never the others.
 
 Each peer's state is read from its last checks: intact, down (the ping failed),
 corrupt (an echo differed), mtu (pings intact while nothing of a bulk transfer
 comes back, the small round trip it starts with excepted: a suspected path-MTU
 blackhole), degraded (bulk failed otherwise: a stall after some data came back
-is loss, not MTU) or unknown.
+is loss, not MTU), lossy (TCP intact, but UDP datagrams lost: loss that TCP hides
+as slowness) or unknown.  A peer that refuses the datagrams (no UDP echo there:
+``mesh --no-udp``) is not lossy: its UDP check says ``refused``, the page "no UDP".
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 
 from . import checks
 from ._version import __version__
-from .checks import CHECKS, PROBE_SIZE, Outcome
+from .checks import CHECKS, PROBE_SIZE, UDP_SPREAD, Outcome
 from .constants import (
     MESH_BULK_EVERY,
     MESH_BULK_SIZE,
@@ -46,17 +49,22 @@ from .constants import (
     MESH_INTERVAL,
     MESH_RESOLVE_INTERVAL,
     MESH_TIMEOUT,
+    MESH_UDP_COUNT,
 )
 from .contract import Core
 from .peers import LOOKUP_WAIT, Address, Resolution, Resolver
 
 log = logging.getLogger("pytcpecho.mesh")
 
-STATES = ("unknown", "intact", "mtu", "corrupt", "down", "degraded")
-"""What a peer's last checks say, worst last but one: see ``diagnose``."""
-RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-               1.0, 2.5)
-"""Upper bounds, in seconds, of the ping round-trip histogram (Prometheus buckets)."""
+STATES = ("unknown", "intact", "mtu", "corrupt", "down", "degraded", "lossy")
+"""What a peer's last checks say.  ``diagnose`` ranks them: corrupt, then down, mtu,
+degraded, lossy (the least of the faults: every TCP check intact), intact; unknown
+before the first ping."""
+RTT_BUCKETS = checks.RTT_BUCKETS
+"""Upper bounds, in seconds, of the ping and UDP round-trip histograms (Prometheus
+buckets)."""
+LOSSY = frozenset({"lossy", "lost", "unreachable"})
+"""The UDP probe's results that make a peer whose TCP checks are intact lossy."""
 LATE_SPREAD = 1.0
 """Seconds over which peers that appear after the first lookup get their first check:
 a node that joins is checked at once (the first lookup's peers spread over an interval)."""
@@ -83,6 +91,8 @@ class MeshOptions:
     concurrency: int = MESH_CONCURRENCY
     sample: int = 0
     peer_label: str = "dns"
+    udp: bool = True
+    udp_count: int = MESH_UDP_COUNT
 
 
 @dataclass
@@ -118,6 +128,10 @@ class PeerState:
         default_factory=lambda: {check: CheckState() for check in CHECKS})
     rtt_counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
     rtt_sum: float = 0.0
+    udp_rtt_counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
+    udp_rtt_sum: float = 0.0
+    hops: int | None = None
+    """From the TTL of the last UDP echo that came (kept while none comes)."""
     state: str = "unknown"
     problem: str | None = None
     state_since: float = 0.0
@@ -133,8 +147,14 @@ class PeerState:
         self.rtt_counts[i] += 1
         self.rtt_sum += seconds
 
+    def observe_udp(self, counts: tuple[int, ...], seconds: float) -> None:
+        self.udp_rtt_counts = [a + b for a, b in zip(self.udp_rtt_counts, counts, strict=True)]
+        self.udp_rtt_sum += seconds
+
     def as_dict(self) -> dict[str, Any]:
         ping, bulk = self.checks["ping"].last, self.checks["bulk"].last
+        last = self.checks["udp"].last
+        udp = last.probe.as_dict() if last is not None and last.probe is not None else {}
         return {
             "name": self.name or None,
             "state": self.state,
@@ -143,30 +163,42 @@ class PeerState:
             "rtt_ms": round(ping.seconds * 1000, 3) if ping and ping.intact else None,
             "bulk_bytes_per_second": round(bulk.bytes_per_second) if bulk and bulk.intact
             else None,
+            "udp": last.result if last is not None else None,
+            "udp_loss": udp.get("loss"),
+            "udp_rtt_p50_ms": udp.get("rtt_p50_ms"),
+            "udp_rtt_p99_ms": udp.get("rtt_p99_ms"),
+            "udp_jitter_ms": udp.get("jitter_ms"),
+            "hops": self.hops,
             "checks": {check: state.as_dict() for check, state in self.checks.items()},
         }
 
 
-def diagnose(ping: Outcome | None, bulk: Outcome | None,
-             ping_since: float = 0.0) -> tuple[str, str | None]:
+def diagnose(ping: Outcome | None, bulk: Outcome | None, ping_since: float = 0.0,
+             udp: Outcome | None = None) -> tuple[str, str | None]:
     """A peer's state and its problem in words (what the state word does not say), from
-    its last ping and bulk check.  A bulk check older than ``ping_since`` (when the
-    pings' present result began) is from before the peer came back, and not read."""
+    its last ping, bulk check and UDP probe.  A bulk check or probe older than
+    ``ping_since`` (when the pings' present result began) is from before the peer came
+    back, and not read.  A probe the peer refused (no UDP echo there) is no fault."""
     if ping is None:
         return "unknown", None
     if bulk is not None and bulk.at < ping_since:
         bulk = None
+    if udp is not None and udp.at < ping_since:
+        udp = None
     for outcome in (ping, bulk):
         if outcome is not None and outcome.result == "mismatch":
             return "corrupt", f"{outcome.check} check: {outcome.detail}"
     if not ping.intact:
         return "down", f"ping {ping.result}: {ping.detail}"
-    if bulk is None or bulk.intact:
-        return "intact", None
-    if bulk.result == "timeout" or (bulk.result == "stalled" and bulk.received <= PROBE_SIZE):
-        return "mtu", (f"suspected path-MTU blackhole: pings intact, but no large packet "
-                       f"came back in the bulk check ({bulk.detail})")
-    return "degraded", f"bulk check {bulk.result}: {bulk.detail}"
+    if bulk is not None and not bulk.intact:
+        if bulk.result == "timeout" or (bulk.result == "stalled"
+                                        and bulk.received <= PROBE_SIZE):
+            return "mtu", (f"suspected path-MTU blackhole: pings intact, but no large packet "
+                           f"came back in the bulk check ({bulk.detail})")
+        return "degraded", f"bulk check {bulk.result}: {bulk.detail}"
+    if udp is not None and udp.result in LOSSY:
+        return "lossy", f"UDP probe {udp.result}: {udp.detail}"
+    return "intact", None
 
 
 class Mesh:
@@ -241,6 +273,7 @@ class Mesh:
             "interval_s": self.options.interval,
             "bulk_every": self.options.bulk_every,
             "bulk_size": self.options.bulk_size,
+            "udp_count": self.options.udp_count if self.options.udp else 0,
             "unresolved": list(self.unresolved),
             "peers": {p.key: p.as_dict() for p in peers},
         }
@@ -367,6 +400,13 @@ class Mesh:
         options = self.options
         ping = checks.ping(self.core, peer.address, options.timeout)
         self._record(peer, ping)
+        # The probe only when the ping came back: a peer down is down, and its probe would
+        # hold this thread for a timeout to say so again.  Before the bulk check, so the
+        # bulk stream's own queueing never counts as the path's loss or jitter.
+        if options.udp and ping.intact and not self._stop.is_set():
+            spread = min(options.interval / 4, UDP_SPREAD)
+            self._record(peer, checks.udp(self.core, peer.address, options.udp_count,
+                                          options.timeout, spread))
         if round_ % options.bulk_every == peer.bulk_phase and not self._stop.is_set():
             self._record(peer, checks.bulk(self.core, peer.address, options.bulk_size,
                                            options.timeout))
@@ -378,8 +418,13 @@ class Mesh:
             peer.checks[outcome.check].record(outcome)
             if outcome.check == "ping" and outcome.intact:
                 peer.observe_rtt(outcome.seconds)
+            if outcome.probe is not None:
+                peer.observe_udp(outcome.probe.rtt_counts, outcome.probe.rtt_sum)
+                if outcome.probe.result.hops is not None:
+                    peer.hops = outcome.probe.result.hops
             ping = peer.checks["ping"]
-            state, problem = diagnose(ping.last, peer.checks["bulk"].last, ping.since)
+            state, problem = diagnose(ping.last, peer.checks["bulk"].last, ping.since,
+                                      peer.checks["udp"].last)
             before = peer.state
             peer.problem = problem
             if state != before:
@@ -395,5 +440,6 @@ def _copy(peer: PeerState) -> PeerState:
     return PeerState(
         peer.key, peer.address, peer.added, peer.name,
         {check: CheckState(s.last, s.since, dict(s.counts)) for check, s in peer.checks.items()},
-        list(peer.rtt_counts), peer.rtt_sum, peer.state, peer.problem, peer.state_since,
-        peer.rounds, peer.bulk_phase, peer.busy, peer.generation)
+        list(peer.rtt_counts), peer.rtt_sum, list(peer.udp_rtt_counts), peer.udp_rtt_sum,
+        peer.hops, peer.state, peer.problem, peer.state_since, peer.rounds, peer.bulk_phase,
+        peer.busy, peer.generation)

@@ -33,14 +33,24 @@ CLOSED_REASONS = {
     "error": "closed_error",
 }
 """pytcpecho_connections_closed_total's reasons, and the ServerStats counter of each."""
+UDP_DROPPED_REASONS = {
+    "denied": "udp_denied",
+    "loop_port": "udp_loop_port",
+    "rate_limited": "udp_rate_limited",
+    "truncated": "udp_truncated",
+    "send_error": "udp_send_errors",
+}
+"""pytcpecho_udp_dropped_total's reasons, and the ServerStats counter of each."""
 
 
 class ServerCollector(Collector):
-    """The echo server's counters, from ``stats()`` (one server, or a sum of workers')."""
+    """The echo server's counters, from ``stats()`` (one server, or a sum of workers');
+    with ``udp`` (the server echoes datagrams too) its UDP counters as well."""
 
-    def __init__(self, stats: Callable[[], ServerStats], core: str) -> None:
+    def __init__(self, stats: Callable[[], ServerStats], core: str, udp: bool = False) -> None:
         self._stats = stats
         self._core = core
+        self._udp = udp
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -62,6 +72,35 @@ class ServerCollector(Collector):
         for reason, counter in CLOSED_REASONS.items():
             closed.add_metric([reason], getattr(stats, counter))
         yield closed
+        if self._udp:
+            yield from _udp_server(stats)
+
+
+def _udp_server(stats: ServerStats) -> Iterator[Metric]:
+    yield CounterMetricFamily("pytcpecho_udp_datagrams_received", "UDP datagrams received, "
+                              "those dropped included.", value=stats.udp_datagrams_in)
+    yield CounterMetricFamily("pytcpecho_udp_datagrams_echoed", "UDP datagrams sent back.",
+                              value=stats.udp_datagrams_out)
+    yield CounterMetricFamily("pytcpecho_udp_bytes_received", "Bytes of UDP datagrams "
+                              "received, those dropped included.", value=stats.udp_bytes_in)
+    yield CounterMetricFamily("pytcpecho_udp_bytes_echoed", "Bytes of UDP datagrams sent "
+                              "back.", value=stats.udp_bytes_out)
+    dropped = CounterMetricFamily("pytcpecho_udp_dropped", "UDP datagrams not sent back, by "
+                                  "why: a source --allow/--deny refuses, a loop-prone source "
+                                  "port, over --udp-rate, over --udp-max-size, or the send "
+                                  "failed.", labels=["reason"])
+    for reason, counter in UDP_DROPPED_REASONS.items():
+        dropped.add_metric([reason], getattr(stats, counter))
+    yield dropped
+
+
+def _histogram(family: HistogramMetricFamily, peer: str, counts: list[int],
+               total: float) -> None:
+    cumulative, buckets = 0, []
+    for bound, count in zip([*map(str, RTT_BUCKETS), "+Inf"], counts, strict=True):
+        cumulative += count
+        buckets.append((bound, float(cumulative)))
+    family.add_metric([peer], buckets, total)
 
 
 class MeshCollector(Collector):
@@ -86,6 +125,18 @@ class MeshCollector(Collector):
                                  labels=["peer"])
         info = GaugeMetricFamily("pytcpecho_peer_info", "The peer's name (reverse DNS).",
                                  labels=["peer", "name"])
+        loss = GaugeMetricFamily("pytcpecho_peer_udp_loss_ratio", "Share of the last UDP "
+                                 "probe's datagrams whose echo did not come back intact "
+                                 "(0 to 1).", labels=["peer"])
+        udp_rtt = HistogramMetricFamily("pytcpecho_peer_udp_rtt_seconds", "Round trips of "
+                                        "the UDP probes' datagrams (64 bytes each).",
+                                        labels=["peer"])
+        jitter = GaugeMetricFamily("pytcpecho_peer_udp_jitter_seconds", "Interarrival "
+                                   "jitter of the last UDP probe's echoes (RFC 3550's "
+                                   "estimate).", labels=["peer"])
+        hops = GaugeMetricFamily("pytcpecho_peer_hops", "Hops to the peer, from the TTL of "
+                                 "its UDP echoes (the same link: 1).", labels=["peer"])
+        udp = self._mesh.options.udp
         for peer in peers:
             ping, bulk = peer.checks["ping"].last, peer.checks["bulk"].last
             if ping is not None:
@@ -95,17 +146,25 @@ class MeshCollector(Collector):
                     intact.add_metric([peer.key, check], 1 if state.last.intact else 0)
                 for result, count in state.counts.items():
                     total.add_metric([peer.key, check, result], count)
-            cumulative, buckets = 0, []
-            for bound, count in zip([*map(str, RTT_BUCKETS), "+Inf"], peer.rtt_counts,
-                                    strict=True):
-                cumulative += count
-                buckets.append((bound, float(cumulative)))
-            rtt.add_metric([peer.key], buckets, peer.rtt_sum)
+            _histogram(rtt, peer.key, peer.rtt_counts, peer.rtt_sum)
             if bulk is not None and bulk.intact:
                 rate.add_metric([peer.key], bulk.bytes_per_second)
             if peer.name:
                 info.add_metric([peer.key, peer.name], 1)
+            if not udp:
+                continue
+            _histogram(udp_rtt, peer.key, peer.udp_rtt_counts, peer.udp_rtt_sum)
+            last = peer.checks["udp"].last
+            probe = last.probe if last is not None else None
+            if probe is not None and probe.loss is not None:
+                loss.add_metric([peer.key], probe.loss)
+            if probe is not None and probe.result.received:
+                jitter.add_metric([peer.key], probe.result.jitter_ms / 1000)
+            if peer.hops is not None:
+                hops.add_metric([peer.key], peer.hops)
         yield from (up, intact, total, rtt, rate, info)
+        if udp:
+            yield from (loss, udp_rtt, jitter, hops)
 
 
 def registry(*collectors: Collector) -> CollectorRegistry:

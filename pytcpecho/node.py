@@ -53,9 +53,11 @@ def _web(host: str, port: int, *collectors: Any, routes: dict[str, Route]) -> We
 
 
 @contextlib.contextmanager
-def metrics(host: str, port: int, core: str, stats: Stats) -> Iterator[WebServer]:
-    """/metrics of the server's counters, and /healthz."""
-    web = _web(host, port, ServerCollector(stats, core), routes={})
+def metrics(host: str, port: int, core: str, stats: Stats, *,
+            udp: bool = False) -> Iterator[WebServer]:
+    """/metrics of the server's counters (with ``udp``, its UDP counters too), and
+    /healthz."""
+    web = _web(host, port, ServerCollector(stats, core, udp), routes={})
     log.info("Metrics at http://%s/metrics", web.describe())
     try:
         yield web
@@ -85,7 +87,8 @@ def mesh(host: str, port: int, options: MeshOptions, core: Core,
     """The mesh's checks of its peers, and its HTTP side: /metrics, /status, /mesh, /."""
     checker = Mesh(options, core)
     gathered = _Cached(lambda: matrix.gather(checker, web.address[1]))  # the port bound
-    web = _web(host, port, ServerCollector(stats, core.NAME), MeshCollector(checker), routes={
+    web = _web(host, port, ServerCollector(stats, core.NAME, options.udp),
+               MeshCollector(checker), routes={
         "/status": _json(checker.status),
         "/mesh": _json(gathered),
         "/": lambda: ("text/html; charset=utf-8", matrix.render(gathered()).encode()),
@@ -94,9 +97,10 @@ def mesh(host: str, port: int, options: MeshOptions, core: Core,
         checker.start()
         names = ", ".join(format_hostport(*p) for p in options.peers[:3])
         more = f" and {len(options.peers) - 3} more" if len(options.peers) > 3 else ""
-        log.info("Mesh node %s: checking the peers %s%s every %g s, a bulk check every %d "
+        udp = f", {options.udp_count} UDP datagrams each" if options.udp else ""
+        log.info("Mesh node %s: checking the peers %s%s every %g s%s, a bulk check every %d "
                  "round%s; status at http://%s/", options.name, names, more, options.interval,
-                 options.bulk_every, plural(options.bulk_every), web.describe())
+                 udp, options.bulk_every, plural(options.bulk_every), web.describe())
         yield checker
     finally:
         checker.stop()

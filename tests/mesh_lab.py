@@ -13,7 +13,8 @@ router's link into the second subnet carries smaller packets, and the
 ICMP "fragmentation needed" it would send is dropped), corruption that TCP's
 checksum does not catch (nftables rewrites a byte of the segments arriving at a
 node's echo port; veth does not verify checksums again), and random loss
-(nftables drops a share of what arrives at a node).  Prometheus and Chromium run
+(nftables drops a share of what arrives at a node, or of the UDP datagrams alone
+that arrive at its echo port).  Prometheus and Chromium run
 in the router's namespace, which reaches every node.
 """
 
@@ -213,6 +214,13 @@ class MeshLab(Lab):
         """Drop ``percent`` % of the packets arriving at ``host``, at random."""
         self._table(host, "loss", "input priority 0", f"numgen random mod 100 < {percent} drop",
                     on)
+
+    def lose_udp(self, host: str, percent: int, on: bool = True) -> None:
+        """Drop ``percent`` % of the UDP datagrams arriving at ``host``'s echo port, at
+        random; TCP, and the echoes of ``host``'s own probes, pass."""
+        self._table(host, "udploss", "input priority 0",
+                    f"meta l4proto udp udp dport {ECHO_PORT} numgen random mod 100 < {percent} "
+                    "drop", on)
 
     # -- Prometheus and the browser ---------------------------------------------
 

@@ -21,7 +21,7 @@ from netns import Lab, lab
 from recipes import ROOT, Stage, dockerfile, local_command, local_env, tool
 from support import require
 
-from pytcpecho import __version__
+from pytcpecho import __version__, switch
 
 SEED_CLIENT = ["Connecting to server:8000", "Sent 102400 bytes", "Received 102400 bytes",
                "Client finished."]
@@ -109,7 +109,7 @@ def test_dockerfile_shape(runtime: Stage) -> None:
     assert "cython_available()" in (runtime.last("RUN") or "")
     user = runtime.last("USER") or ""
     assert re.fullmatch(r"[1-9]\d+:[1-9]\d+", user), "a numeric non-root USER"
-    assert runtime.all("EXPOSE") == ["8000"]
+    assert runtime.all("EXPOSE") == ["8000/tcp 8000/udp"]  # mesh and serve --udp: UDP too
     assert runtime.last("STOPSIGNAL") == "SIGTERM"
     assert runtime.exec_form("ENTRYPOINT") == ["pytcpecho"]
     assert runtime.exec_form("CMD")[0] == "serve"
@@ -146,9 +146,15 @@ def test_kubernetes_matches_the_image(runtime: Stage) -> None:
                                                                                          gid)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    (port,) = container["ports"]
-    assert str(port["containerPort"]) == runtime.all("EXPOSE")[0]
-    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    # The image's ports, each by its name: echo (TCP) and echo-udp (UDP), the server
+    # serving both (PYTCPECHO_UDP), and the Service forwarding both.
+    ports = {p["name"]: f"{p['containerPort']}/{p['protocol'].lower()}"
+             for p in container["ports"]}
+    assert ports == {"echo": "8000/tcp", "echo-udp": "8000/udp"}
+    assert set(ports.values()) == set(" ".join(runtime.all("EXPOSE")).split())
+    assert switch.flag(env["PYTCPECHO_UDP"]) is True
+    assert {p["targetPort"]: f"{p['port']}/{p['protocol'].lower()}"
+            for p in service["spec"]["ports"]} == ports
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert container["readinessProbe"]["exec"]["command"] == runtime.healthcheck[1]
     for name in ("requests", "limits"):
@@ -159,8 +165,10 @@ def test_kubernetes_matches_the_image(runtime: Stage) -> None:
 
 def serve_and_check_health(net: Lab, runtime: Stage, argv: list[str],
                            env: dict[str, str]) -> Any:
+    udp = switch.flag(env.get("PYTCPECHO_UDP") or "0")
     server = net.start("server", local_command(argv), env)
-    server.wait_for(r"^Server at \[::\]:8000 \(IPv4 and IPv6\)$", timeout=20)
+    kinds = "IPv4 and IPv6, TCP and UDP" if udp else "IPv4 and IPv6"
+    server.wait_for(rf"^Server at \[::\]:8000 \({kinds}\)$", timeout=20)
     options, health = runtime.healthcheck
     result = net.run("server", local_command(health), env,
                      timeout=float(options["timeout"].rstrip("s")) + 10)
@@ -243,6 +251,9 @@ def test_compose_services_in_network_namespaces(runtime: Stage) -> None:
     services = compose["services"]
     clients = [name for name in services if name != "server"]
     assert len(clients) == 2
+    # The server publishes its echo port for TCP and UDP, and serves both.
+    assert services["server"]["ports"] == ["8000:8000/tcp", "8000:8000/udp"]
+    assert switch.flag(services["server"]["environment"]["PYTCPECHO_UDP"]) is True
     for service in services.values():  # all run the Dockerfile's image, its ENTRYPOINT
         assert service["build"] == "." and "entrypoint" not in service
     for name in clients:
@@ -276,6 +287,12 @@ def test_compose_services_in_network_namespaces(runtime: Stage) -> None:
         peers = {server.wait_for(r"^Connection closed by client at \('(198[\d.]+)', \d+\)$")[1]
                  for _ in clients}
         assert peers == {net.addresses[name] for name in clients}  # one address each
+        # The published UDP port: datagrams echoed, verified, none lost.
+        udp = net.run(clients[0], local_command(
+            [*entrypoint, "ping", "--udp", "--count", "5", "--interval", "0.05", "--timeout",
+             "3", "server:8000"]), local_env(runtime.env), timeout=30)
+        assert udp.returncode == 0, udp.stdout + udp.stderr
+        assert "5 transmitted, 5 received, 0.0% loss, 0 corrupted" in udp.stdout, udp.stdout
         output = stop_within_grace(net, server, server_env, clients[0])
     assert output.count("Received 102400 bytes") == 3  # two clients, one stopped in flight
     assert output.count("Data sent back to client") == output.count("Received ")

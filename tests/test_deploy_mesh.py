@@ -28,7 +28,7 @@ KUBE = ROOT / "deploy" / "kubernetes"
 PROM = ROOT / "deploy" / "prometheus"
 MANIFESTS = [KUBE / "mesh-daemonset.yaml", KUBE / "mesh-service.yaml"]
 ALERTS = {"PytcpechoPeerDown", "PytcpechoCorruption", "PytcpechoSuspectedMTUBlackhole",
-          "PytcpechoHighRTT"}
+          "PytcpechoHighRTT", "PytcpechoPeerUDPLoss"}
 
 # What `pytcpecho mesh` exports (a histogram as its three series), and the label values.
 EXPORTED = {
@@ -37,10 +37,16 @@ EXPORTED = {
     "pytcpecho_peer_rtt_seconds_count", "pytcpecho_peer_bulk_bytes_per_second",
     "pytcpecho_peer_info", "pytcpecho_connections_active", "pytcpecho_connections_total",
     "pytcpecho_bytes_echoed_total", "pytcpecho_connections_closed_total",
+    "pytcpecho_peer_udp_loss_ratio", "pytcpecho_peer_udp_rtt_seconds_bucket",
+    "pytcpecho_peer_udp_rtt_seconds_sum", "pytcpecho_peer_udp_rtt_seconds_count",
+    "pytcpecho_peer_udp_jitter_seconds", "pytcpecho_peer_hops",
+    "pytcpecho_udp_datagrams_received_total", "pytcpecho_udp_datagrams_echoed_total",
+    "pytcpecho_udp_bytes_received_total", "pytcpecho_udp_bytes_echoed_total",
+    "pytcpecho_udp_dropped_total",
 }
-LABEL_VALUES = {"check": {"ping", "bulk"},
+LABEL_VALUES = {"check": {"ping", "bulk", "udp"},
                 "result": {"intact", "mismatch", "short", "stalled", "timeout", "refused",
-                           "unreachable"}}
+                           "unreachable", "lossy", "lost"}}
 
 
 def need_debian_tool(name: str, package: str) -> str:
@@ -107,6 +113,26 @@ def test_rule_unit_tests_catch_a_vector_matching_mistake(tmp_path: Path) -> None
     result = promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
     assert result.returncode != 0, result.stdout
     assert "PytcpechoSuspectedMTUBlackhole" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("mutation", "what"), [
+    (("avg_over_time(pytcpecho_peer_udp_loss_ratio[5m])", "pytcpecho_peer_udp_loss_ratio"),
+     "one bad probe, not averaged, would fire"),
+    (("\n          and pytcpecho_peer_up == 1", ""), "a peer down would fire it too"),
+], ids=["not-averaged", "down-too"])
+def test_rule_unit_tests_hold_the_udp_loss_alert_to_its_word(
+        tmp_path: Path, mutation: tuple[str, str], what: str) -> None:
+    """The UDP loss alert averages the last probes' loss and leaves a peer down to
+    PeerDown: without either, the unit tests must fail (``what`` would happen)."""
+    rules = (PROM / "rules.yml").read_text()
+    old, new = mutation
+    assert rules.count(old) == 1, old
+    (tmp_path / "rules.yml").write_text(rules.replace(old, new))
+    shutil.copy(PROM / "rules_test.yml", tmp_path)
+    assert promtool("check", "rules", "rules.yml", cwd=tmp_path).returncode == 0
+    result = promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
+    assert result.returncode != 0, (what, result.stdout)
+    assert "PytcpechoPeerUDPLoss" in result.stdout + result.stderr
 
 
 def with_file_discovery(tmp_path: Path, targets: list[dict[str, Any]] | None = None) -> Path:
@@ -252,11 +278,22 @@ def test_mesh_manifests_agree() -> None:
     assert not echo_service["spec"]["selector"].items() <= labels.items(), \
         "the echo Service of service.yaml must not send its clients to mesh pods"
 
-    # One port number everywhere: container, Service, annotations, env, probes.
+    # One port number everywhere: container, Service, annotations, env, probes; the echo
+    # port for TCP and for UDP (the mesh's probes, and its UDP echo), each by its name.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"echo": 8000, "metrics": 9862}
-    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
-        name: (number, name) for name, number in ports.items()}
+    assert ports == {"echo": 8000, "echo-udp": 8000, "metrics": 9862}
+    protocols = {p["name"]: p["protocol"] for p in container["ports"]}
+    assert protocols == {"echo": "TCP", "echo-udp": "UDP", "metrics": "TCP"}
+    assert {p["name"]: (p["port"], p["targetPort"], p["protocol"])
+            for p in service["spec"]["ports"]} == {
+        name: (number, name, protocols[name]) for name, number in ports.items()}
+    assert "PYTCPECHO_NO_UDP" not in env_of(container), "the probe and UDP echo stay on"
+    # The echo Service and its Deployment: TCP and UDP too, the server serving both.
+    served_ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in served["ports"]}
+    assert served_ports == {"echo": (8000, "TCP"), "echo-udp": (8000, "UDP")}
+    assert {p["targetPort"]: (p["port"], p["protocol"]) for p in echo_service["spec"]["ports"]
+            } == served_ports
+    assert env_of(served)["PYTCPECHO_UDP"] == "1"
     assert template["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true", "prometheus.io/port": str(ports["metrics"]),
         "prometheus.io/path": "/metrics"}

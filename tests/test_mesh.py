@@ -1,8 +1,9 @@
-"""The mesh: its two checks, the state they add up to, the engine, and ``pytcpecho mesh``.
+"""The mesh: its three checks, the state they add up to, the engine, and ``pytcpecho mesh``.
 
 ``pytcpecho mesh`` is watched by Prometheus and by people, so each layer is tested
-against real faults, not against hand-built values: the checks (ping, verified bulk)
-against real servers and the misbehaving fakes of fakes.py, on both cores, each
+against real faults, not against hand-built values: the checks (ping, verified bulk,
+the UDP probe) against real servers and the misbehaving fakes of fakes.py (UdpFake
+drops, corrupts or ignores datagrams on a real socket), on both cores, each
 ending in the one word the README promises; ``diagnose`` on the outcomes those
 checks really produce; the engine (resolving, scheduling, stopping) on loopback
 peers; and the process itself over HTTP (/metrics parsed as Prometheus parses it,
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 
 import pytest
 from fakes import (
+    UdpFake,
     closed_port,
     echo_held_back,
     echo_then_close,
@@ -53,7 +55,7 @@ from support import (
     unused_port,
 )
 
-from pytcpecho import checks
+from pytcpecho import checks, node
 from pytcpecho import core as cores
 from pytcpecho._version import __version__
 from pytcpecho.checks import PROBE_SIZE
@@ -387,6 +389,102 @@ def test_timeout_when_nothing_comes_back(core: str) -> None:
             release.set()
 
 
+# -- the UDP probe --
+
+UDP_COUNT = 20
+
+
+def test_udp_probe_intact(core: str) -> None:
+    """A UDP echo server: every datagram back intact, each round trip counted into the
+    histogram's buckets, the jitter measured, and one hop away (loopback: TTL 64); no
+    waiting once the echoes are in."""
+    with running_server(udp=True) as server:
+        started = time.monotonic()
+        outcome = checks.udp(cores.load(core), (LOCALHOST, server.address[1]), UDP_COUNT, 5)
+        took = time.monotonic() - started
+    assert (outcome.check, outcome.result, outcome.offset) == ("udp", "intact", None), outcome
+    assert outcome.detail == "20 of 20 datagrams back intact"
+    assert outcome.received == UDP_COUNT * PROBE_SIZE
+    probe = outcome.probe
+    assert probe is not None
+    r = probe.result
+    assert (r.transmitted, r.received, r.corrupted, r.duplicates) == (UDP_COUNT, UDP_COUNT, 0, 0)
+    assert (r.ttl, r.hops, probe.loss) == (64, 1, 0.0)
+    assert len(probe.rtt_counts) == len(RTT_BUCKETS) + 1 and sum(probe.rtt_counts) == UDP_COUNT
+    assert 0 < probe.rtt_sum < UDP_COUNT * took  # round trips overlap: each within took
+    assert 0 < r.latency.p50 <= r.latency.p99 and r.jitter_ms >= 0
+    assert checks.UDP_SPREAD * 0.9 < took < 2  # sent over 0.2 s; no waiting for the 5 s
+    data = outcome.as_dict()
+    assert (data["loss"], data["hops"], data["sent"], data["received"]) == (0, 1, 20, 20)
+    assert data["rtt_p50_ms"] > 0 and data["jitter_ms"] is not None
+
+
+def test_udp_probe_refused_where_no_udp_echo_runs(core: str) -> None:
+    """A server without UDP (its UDP port closed): refused at once (ICMP port unreachable),
+    with no loss, for nothing was lost."""
+    with running_server() as server:
+        started = time.monotonic()
+        outcome = checks.udp(cores.load(core), (LOCALHOST, server.address[1]), UDP_COUNT, 5)
+        took = time.monotonic() - started
+    assert (outcome.result, outcome.received) == ("refused", 0), outcome
+    assert outcome.detail == "no UDP echo there: port unreachable (ICMP)"
+    assert outcome.probe is not None and outcome.probe.loss is None
+    assert outcome.probe.result.refused >= 1 and outcome.probe.result.hops is None
+    assert took < 2  # the first refusal ends the 5 s wait: nothing more will come
+
+
+@pytest.mark.parametrize(("fake", "result", "detail", "loss"), [
+    ({"drop": {3, 7}}, "lossy", "2 of 20 datagrams not back intact (10% loss)", 0.1),
+    ({"corrupt": {5}}, "lossy", "1 of 20 datagrams not back intact (5% loss, 1 corrupted)",
+     0.05),
+    ({"silent": True}, "lost", "none of 20 datagrams came back in 0.5 s", 1.0),
+], ids=["dropped", "corrupted", "silent"])
+def test_udp_probe_lossy_or_lost(core: str, fake: dict[str, Any], result: str, detail: str,
+                                 loss: float) -> None:
+    """Datagrams dropped or corrupted by the peer: lossy, with how many of how many; none
+    answered: lost.  What is missing is waited for until the timeout, no longer."""
+    with UdpFake(**fake) as peer:
+        started = time.monotonic()
+        outcome = checks.udp(cores.load(core), peer.address, UDP_COUNT, 0.5)
+        took = time.monotonic() - started
+        assert sorted(set(peer.seen)) == list(range(UDP_COUNT))
+    assert (outcome.result, outcome.detail) == (result, detail), outcome
+    assert outcome.probe is not None and outcome.probe.loss == loss
+    assert outcome.probe.result.received == round((1 - loss) * UDP_COUNT)
+    assert outcome.received == outcome.probe.result.received * PROBE_SIZE
+    if "corrupt" in fake:
+        assert outcome.probe.result.corrupted == 1 and took < 0.5  # every datagram answered
+    else:
+        assert 0.5 <= took < 2.5
+
+
+def test_udp_probe_waits_for_missing_echoes_only_so_long(core: str) -> None:
+    """Some echoes back, two missing: the probe waits UDP_GRACE after its last datagram
+    (round trips on loopback are far shorter), not its 5 s timeout; none back at all: the
+    whole timeout, for nothing says how slow the path is."""
+    with UdpFake(drop={3, 7}) as peer:
+        started = time.monotonic()
+        outcome = checks.udp(cores.load(core), peer.address, UDP_COUNT, 5)
+        took = time.monotonic() - started
+    assert outcome.result == "lossy", outcome
+    assert checks.UDP_SPREAD + checks.UDP_GRACE - 0.1 < took < 3
+    with UdpFake(silent=True) as peer:
+        started = time.monotonic()
+        outcome = checks.udp(cores.load(core), peer.address, 2, 1.5)
+        took = time.monotonic() - started
+    assert (outcome.result, outcome.detail) == ("lost", "none of 2 datagrams came back in 1.5 s")
+    assert 1.5 <= took < 4
+
+
+def test_udp_probe_unreachable(core: str) -> None:
+    """An address the kernel will not send to: unreachable at once, with why."""
+    started = time.monotonic()
+    outcome = checks.udp(cores.load(core), (UNROUTABLE, 7), UDP_COUNT, 2)
+    assert (outcome.result, outcome.probe) == ("unreachable", None), outcome
+    assert one_line(outcome.detail) and outcome.detail.startswith(f"cannot reach {UNROUTABLE}:7")
+    assert time.monotonic() - started < 2
+
+
 # == 2. diagnose, on real outcomes =================================================
 
 def test_diagnose_mtu_when_pings_pass_and_bulk_stalls() -> None:
@@ -445,6 +543,43 @@ def test_diagnose_down_degraded_intact_unknown() -> None:
     assert state == "degraded" and problem == f"bulk check short: {short.detail}"
     assert diagnose(good, whole) == ("intact", None)
     assert diagnose(None, None) == ("unknown", None)
+
+
+def test_diagnose_lossy_ranks_below_every_tcp_fault() -> None:
+    """UDP datagrams lost while TCP is intact: lossy, saying how many; but a peer down,
+    corrupt, mtu or degraded is that first.  A refused probe (no UDP echo there) is no
+    fault, and a probe from before the pings' present result is not read."""
+    loaded = cores.load("auto")
+    with UdpFake(drop={0}) as fake, running_server(port=fake.port):
+        ping = checks.ping(loaded, (LOCALHOST, fake.port), 2)
+        lossy = checks.udp(loaded, (LOCALHOST, fake.port), UDP_COUNT, 0.5)
+        lost = checks.udp(loaded, (LOCALHOST, fake.port), 1, 0.5)
+    with running_server() as server:
+        refused = checks.udp(loaded, (LOCALHOST, server.address[1]), UDP_COUNT, 2)
+    sock, closed = closed_port()
+    with sock:
+        down = checks.ping(loaded, (LOCALHOST, closed), 2)
+    with fake_server(flipping_echo(10)) as port:
+        bad_ping = checks.ping(loaded, (LOCALHOST, port), 2)
+    with fake_server(echo_then_close(FLIP)) as port:
+        short = checks.bulk(loaded, (LOCALHOST, port), MIB, 5)
+    release = threading.Event()
+    with fake_server(echo_held_back(PROBE_SIZE, release)) as port:
+        try:
+            stalled = checks.bulk(loaded, (LOCALHOST, port), MIB, 0.5)
+        finally:
+            release.set()
+    assert (ping.result, lossy.result, lost.result, refused.result) == \
+        ("intact", "lossy", "lost", "refused")
+    assert diagnose(ping, None, 0.0, lossy) == (
+        "lossy", "UDP probe lossy: 1 of 20 datagrams not back intact (5% loss)")
+    assert diagnose(ping, None, 0.0, lost) == (
+        "lossy", "UDP probe lost: none of 1 datagram came back in 0.5 s")
+    assert diagnose(ping, None, 0.0, refused) == ("intact", None)
+    assert diagnose(ping, None, lossy.at + 1, lossy) == ("intact", None)
+    assert [diagnose(p, b, 0.0, lossy)[0] for p, b in (
+        (down, None), (bad_ping, None), (ping, stalled), (ping, short))] == \
+        ["down", "corrupt", "mtu", "degraded"]
 
 
 # == 3. the engine on loopback ======================================================
@@ -525,6 +660,39 @@ class EchoServerInThread:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def test_engine_probes_udp_and_tells_lossy_from_no_udp() -> None:
+    """Three peers, all TCP intact: a UDP echo server (intact, one hop, every datagram's
+    round trip in the histogram), a server without UDP (intact: refused, not lossy), and
+    one whose UDP side drops two datagrams in twenty (lossy, its ping and bulk intact)."""
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(running_server(udp=True)).address[1]
+        plain = stack.enter_context(running_server()).address[1]
+        fake = stack.enter_context(UdpFake(drop={3, 7}))
+        stack.enter_context(running_server(port=fake.port))
+        engine = stack.enter_context(running_mesh(fast_mesh(
+            (LOCALHOST, live), (LOCALHOST, plain), (LOCALHOST, fake.port), port=unused_port(),
+            udp_count=UDP_COUNT)))
+        peers = poll(lambda: {p.key: p for p in engine.snapshot()}, lambda ps: len(ps) == 3
+                     and all(p.checks["udp"].last and p.checks["bulk"].last for p in ps.values())
+                     and [ps[key(p)].state for p in (live, plain, fake.port)] == [
+                         "intact", "intact", "lossy"], timeout=15, what="intact, intact, lossy")
+        data = engine.status()
+    good, no_udp, lossy = peers[key(live)], peers[key(plain)], peers[key(fake.port)]
+    assert good.hops == 1 and no_udp.hops is None and lossy.hops == 1
+    probes = good.checks["udp"].counts["intact"]
+    assert sum(good.udp_rtt_counts) == UDP_COUNT * probes and good.udp_rtt_sum > 0
+    assert no_udp.checks["udp"].counts == {"refused": no_udp.checks["udp"].counts["refused"]}
+    assert sum(no_udp.udp_rtt_counts) == 0 and no_udp.problem is None
+    assert lossy.problem == "UDP probe lossy: 2 of 20 datagrams not back intact (10% loss)"
+    assert lossy.checks["ping"].last.intact and lossy.checks["bulk"].last.intact  # type: ignore[union-attr]
+    assert data["udp_count"] == UDP_COUNT
+    assert data["peers"][key(live)]["udp_loss"] == 0 and data["peers"][key(live)]["hops"] == 1
+    assert data["peers"][key(plain)]["udp"] == "refused"
+    assert data["peers"][key(plain)]["udp_loss"] is None
+    assert data["peers"][key(fake.port)]["udp_loss"] == 0.1
+    assert data["peers"][key(fake.port)]["checks"]["udp"]["received"] == 18
 
 
 def test_engine_leaves_itself_out() -> None:
@@ -634,7 +802,157 @@ def test_mesh_metrics_peer_up_falls_to_zero() -> None:
     assert states(data)[key(leaving.port)] == "down"
 
 
+def udp_buckets(samples: Samples, peer: str) -> list[float]:
+    """pytcpecho_peer_udp_rtt_seconds's cumulative counts for ``peer``, by bound."""
+    found = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
+                   if name == "pytcpecho_peer_udp_rtt_seconds_bucket"
+                   and dict(labels)["peer"] == peer)
+    assert [le for le, _ in found] == [*RTT_BUCKETS, float("inf")], found
+    return [v for _, v in found]
+
+
+def test_mesh_udp_metrics_and_a_peer_without_udp() -> None:
+    """Node B runs --no-udp; node A checks B and a UDP echo server.  A exports the
+    server's probe (no loss, every datagram's round trip, the jitter, one hop) and shows B
+    intact with 'no UDP' (/status, the page), with no loss series; A's own echo counts
+    datagrams.  B probes nobody and exports no UDP series at all."""
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(running_server(udp=True)).address[1]
+        b = stack.enter_context(mesh_node("--no-udp", "--interval", "0.2", "--timeout", "1",
+                                          "--peers", key(live)))
+        a = stack.enter_context(mesh_node("--interval", "0.2", "--timeout", "1",
+                                          "--udp-count", "10", "--peers", key(live),
+                                          "--peers", key(b.echo_port)))
+
+        def settled(s: Samples) -> bool:
+            return all((value or 0) >= 2 for value in (
+                sample(s, "pytcpecho_peer_checks_total", peer=key(live), check="udp",
+                       result="intact"),
+                sample(s, "pytcpecho_peer_checks_total", peer=key(b.echo_port), check="udp",
+                       result="refused")))
+        samples = poll(lambda: scrape(a.base), settled, what="two probes of each peer")
+        data = poll(lambda: status(a.base), lambda d: states(d) == {
+            key(live): "intact", key(b.echo_port): "intact"}, what="both intact")
+        page = get(a.base + "/")
+        probe = checks.udp(cores.load("auto"), (LOCALHOST, a.echo_port), UDP_COUNT, 2)
+        echoed = poll(lambda: scrape(a.base), lambda s: sample(
+            s, "pytcpecho_udp_datagrams_echoed_total") == UDP_COUNT, what="A echoed 20")
+        refused_by_b = checks.udp(cores.load("auto"), (LOCALHOST, b.echo_port), UDP_COUNT, 2)
+        b_samples = poll(lambda: scrape(b.base), lambda s: (sample(
+            s, "pytcpecho_peer_checks_total", peer=key(live), check="ping", result="intact")
+            or 0) >= 2, what="B pinged the server twice")
+        b_status = status(b.base)
+    live_key, b_key = key(live), key(b.echo_port)
+    # The live server's probe: all ten back, each counted in the histogram, one hop.
+    assert value(samples, "pytcpecho_peer_udp_loss_ratio", peer=live_key) == 0
+    assert value(samples, "pytcpecho_peer_check_intact", peer=live_key, check="udp") == 1
+    assert value(samples, "pytcpecho_peer_hops", peer=live_key) == 1
+    assert 0 <= value(samples, "pytcpecho_peer_udp_jitter_seconds", peer=live_key) < 1
+    counts = udp_buckets(samples, live_key)
+    probes = value(samples, "pytcpecho_peer_checks_total", peer=live_key, check="udp",
+                   result="intact")
+    assert counts == sorted(counts) and counts[-1] == 10 * probes
+    assert value(samples, "pytcpecho_peer_udp_rtt_seconds_count", peer=live_key) == counts[-1]
+    assert 0 < value(samples, "pytcpecho_peer_udp_rtt_seconds_sum", peer=live_key) \
+        < counts[-1]  # under a second each, on loopback
+    # B, without UDP: intact, its probes refused; no loss, jitter or hops; 'no UDP'.
+    assert value(samples, "pytcpecho_peer_up", peer=b_key) == 1
+    assert value(samples, "pytcpecho_peer_check_intact", peer=b_key, check="udp") == 0
+    for name in ("pytcpecho_peer_udp_loss_ratio", "pytcpecho_peer_udp_jitter_seconds",
+                 "pytcpecho_peer_hops"):
+        assert sample(samples, name, peer=b_key) is None, name
+    assert udp_buckets(samples, b_key)[-1] == 0
+    peer = data["peers"][b_key]
+    assert (peer["udp"], peer["udp_loss"], peer["hops"], peer["problem"]) == (
+        "refused", None, None, None)
+    assert peer["checks"]["udp"]["detail"] == "no UDP echo there: port unreachable (ICMP)"
+    assert data["peers"][live_key]["udp_loss"] == 0 and data["peers"][live_key]["hops"] == 1
+    assert data["peers"][live_key]["udp_rtt_p50_ms"] > 0 and data["udp_count"] == 10
+    cell = re.search(rf'<td class="intact" data-from="[^"]+" data-to="{b_key}"[^>]*>(.*?)</td>',
+                     page.body)
+    assert cell is not None and 'data-udp="refused"' in cell[0], page.body
+    assert cell[1].endswith('<small class="udp">no UDP</small>') and "no UDP" in cell[0]
+    live_cell = re.search(rf'<td class="intact" [^>]*data-to="{live_key}"[^>]*>', page.body)
+    assert live_cell is not None and 'data-hops="1"' in live_cell[0]
+    assert "1 hop" in live_cell[0] and "UDP loss 0.0%" in live_cell[0]
+    # A's own UDP echo, as its metrics count it.
+    assert probe.result == "intact" and refused_by_b.result == "refused"
+    assert value(echoed, "pytcpecho_udp_datagrams_received_total") == UDP_COUNT
+    assert value(echoed, "pytcpecho_udp_bytes_received_total") == \
+        value(echoed, "pytcpecho_udp_bytes_echoed_total") == UDP_COUNT * PROBE_SIZE
+    for reason in ("denied", "loop_port", "rate_limited", "truncated", "send_error"):
+        assert value(echoed, "pytcpecho_udp_dropped_total", reason=reason) == 0
+    # B: no probe of anyone, no UDP series of its own.
+    assert b_status["udp_count"] == 0
+    assert b_status["peers"][live_key]["udp"] is None
+    assert b_status["peers"][live_key]["checks"]["udp"] is None
+    assert not [name for name, labels in b_samples if "udp" in name or name ==
+                "pytcpecho_peer_hops" or ("check", "udp") in labels]
+
+
+def test_mesh_reports_a_lossy_peer_lossy_not_down() -> None:
+    """A peer whose UDP side drops two datagrams in twenty, its TCP side intact: lossy,
+    with a loss ratio of 0.1, while pytcpecho_peer_up stays 1; the page shows the loss."""
+    with UdpFake(drop={3, 7}) as fake, running_server(port=fake.port), mesh_node(
+            "--interval", "0.2", "--timeout", "0.5", "--bulk-every", "1", "--bulk-size",
+            "64KiB", "--peers", key(fake.port)) as node:
+        peer = key(fake.port)
+        samples = poll(lambda: scrape(node.base), lambda s: sample(
+            s, "pytcpecho_peer_udp_loss_ratio", peer=peer) is not None and sample(
+            s, "pytcpecho_peer_check_intact", peer=peer, check="bulk") is not None,
+            what="a UDP probe and a bulk check")
+        data = poll(lambda: status(node.base), lambda d: states(d) == {peer: "lossy"},
+                    what="the peer lossy")
+        page = get(node.base + "/")
+        line = wait_line(node.proc, rf"Peer {re.escape(peer)}: .*-> lossy")
+    assert value(samples, "pytcpecho_peer_udp_loss_ratio", peer=peer) == 0.1
+    assert value(samples, "pytcpecho_peer_up", peer=peer) == 1
+    assert value(samples, "pytcpecho_peer_check_intact", peer=peer, check="ping") == 1
+    assert value(samples, "pytcpecho_peer_check_intact", peer=peer, check="bulk") == 1
+    assert value(samples, "pytcpecho_peer_check_intact", peer=peer, check="udp") == 0
+    assert value(samples, "pytcpecho_peer_checks_total", peer=peer, check="udp",
+                 result="lossy") >= 1
+    assert value(samples, "pytcpecho_peer_hops", peer=peer) == 1
+    assert udp_buckets(samples, peer)[-1] % 18 == 0
+    problem = "UDP probe lossy: 2 of 20 datagrams not back intact (10% loss)"
+    assert data["peers"][peer]["problem"] == problem and data["peers"][peer]["udp_loss"] == 0.1
+    assert line.endswith(f"-> lossy: {problem}")
+    cell = re.search(rf'<td class="lossy" [^>]*data-to="{peer}" data-state="lossy"[^>]*>'
+                     r"(.*?)</td>", page.body)
+    assert cell is not None and cell[1] == "10% lost", page.body
+    assert "UDP loss 10.0%" in cell[0] and "1 hop" in cell[0]
+
+
 # == 5. serve --metrics-port and the server's counters ===============================
+
+def test_server_metrics_count_udp_datagrams() -> None:
+    """The metrics of a server that echoes UDP (node.metrics(udp=True), as serve --udp
+    --metrics-port serves them): datagrams and bytes received and echoed, and those
+    dropped by reason: here two over --udp-max-size."""
+    with running_server(udp=True, udp_max_size=100) as server, node.metrics(
+            LOCALHOST, 0, "test", lambda: server.stats, udp=True) as web, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.connect((LOCALHOST, server.address[1]))
+        for i in range(3):
+            sock.send(bytes([i]) * 64)
+            assert sock.recv(1000) == bytes([i]) * 64
+        for _ in range(2):
+            sock.send(b"x" * 200)  # over --udp-max-size: dropped, counted
+        samples = poll(lambda: scrape(f"http://{web.describe()}"), lambda s: sample(
+            s, "pytcpecho_udp_datagrams_received_total") == 5, what="five datagrams counted")
+    assert value(samples, "pytcpecho_udp_datagrams_echoed_total") == 3
+    # A datagram over --udp-max-size counts as the bytes of it that were read.
+    assert value(samples, "pytcpecho_udp_bytes_received_total") == 3 * 64 + 2 * 100
+    assert value(samples, "pytcpecho_udp_bytes_echoed_total") == 3 * 64
+    assert {r: value(samples, "pytcpecho_udp_dropped_total", reason=r) for r in (
+        "denied", "loop_port", "rate_limited", "truncated", "send_error")} == {
+        "denied": 0, "loop_port": 0, "rate_limited": 0, "truncated": 2, "send_error": 0}
+    with running_server() as server, node.metrics(LOCALHOST, 0, "test",
+                                                  lambda: server.stats) as web:
+        plain = scrape(f"http://{web.describe()}")
+    assert not [name for name, _ in plain if "udp" in name]
+    assert sample(plain, "pytcpecho_connections_total") == 0
 
 def _close_with_reset(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -749,8 +1067,9 @@ PEER = f"--peers={LOCALHOST}:1"
     (["mesh", PEER, "--interval", "0"], "argument --interval: invalid duration '0'"),
     (["mesh", PEER, "--resolve-interval", "0.05"],
      "argument --resolve-interval: invalid duration '0.05': at least 0.1 seconds"),
+    (["mesh", PEER, "--udp-count", "0"], "argument --udp-count: invalid count 0"),
 ], ids=["no-peers", "same-port", "bulk-2GiB", "sample-negative", "self", "interval-0",
-        "resolve-too-often"])
+        "resolve-too-often", "udp-count-0"])
 def test_bad_input_is_one_line(args: list[str], words: str) -> None:
     """Each is refused before anything listens: one line naming what is wrong, status 2."""
     line = assert_one_line_error(cli(*args, timeout=30, env={"PYTCPECHO_PEERS": ""}), 2)
