@@ -66,6 +66,8 @@ from .constants import (
 )
 from .contract import ContractError
 from .demo import run_demo
+from .output import fail as _fail
+from .output import say as _say
 from .server import serving_core
 from .sockets import listen_address, resolve_error
 from .status import (
@@ -208,15 +210,6 @@ COUNT = _arg(_count, "count")
 CLIENT_CORE = _arg(_runnable_core, "core")
 PORT = _arg(lambda t: parse_port(t, allow_zero=True), "port")
 TARGET = _arg(parse_hostport, "address")
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
-
-
-def _fail(prog: str, message: str, status: int) -> int:
-    print(f"{prog}: error: {shorten_quoted(message)}", file=sys.stderr, flush=True)
-    return status
 
 
 # -- serve --------------------------------------------------------------------

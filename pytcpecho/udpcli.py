@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from . import udpbench
 from .constants import BENCH_DURATION, BENCH_SIZE, BENCH_UDP_SIZE, PING_UDP_INTERVAL
+from .output import fail as _fail
+from .output import say as _say
 from .status import EXIT_INTERRUPTED, EXIT_NOT_INTACT, EXIT_OK, EXIT_UNREACHABLE, UsageError
 from .udpclient import Event, UdpEchoClient, UdpEchoError, UdpResult, hops
-from .units import format_hostport, plural, shorten_quoted
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
-
-
-def _fail(prog: str, message: str, status: int) -> int:
-    print(f"{prog}: error: {shorten_quoted(message)}", file=sys.stderr, flush=True)
-    return status
+from .units import format_hostport, plural
 
 
 def ping(args: argparse.Namespace) -> int:
