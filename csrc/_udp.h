@@ -272,30 +272,22 @@ static void pte_udp_drop(pte_udp_server *u, int why, const pte_src *s) {
     u->last[why] = *s;
 }
 
-/* Whether echo b can ride in the GSO send of the echoes before it (to the same sender),
- * which began with echo `first` and holds `segs` of them, `bytes` in all: all of one
- * size but the last, which may be shorter. */
-static int pte_gso_joins(const pte_udp_server *u, int first, int b, int segs, long long bytes) {
-    size_t seg = u->siov[first].iov_len, len = u->siov[b].iov_len;
-    return u->gso && segs < PTE_UDP_BATCH && seg > 0 && len > 0 && len <= seg &&
-           u->siov[b - 1].iov_len == seg && bytes + (long long)len <= PTE_GSO_MAX_BYTES;
-}
-
 /* Judge the n datagrams received; queue the echoes for pte_udp_server_send(), each
- * back to its sender, unchanged.  Echoes in a row to one sender, of one size (the last
- * may be shorter), go as one GSO send (UDP_SEGMENT): the kernel makes them datagrams
- * again after one trip down the stack instead of one trip each. */
+ * back to its sender, unchanged.  The echoes to one sender in a batch, of one size (the
+ * last may be shorter), go as one GSO send (UDP_SEGMENT), wherever they stand in the
+ * batch: the kernel makes them datagrams again after one trip down its stack instead of
+ * one trip each.  Each sender's echoes keep their order; between senders, order means
+ * nothing. */
 static void pte_udp_server_judge(pte_udp_server *u, int n) {
-    int i, k = 0, m = -1;
-    const struct sockaddr_storage *to[PTE_UDP_BATCH];
-    socklen_t tolen[PTE_UDP_BATCH];
+    int i, a, b, k = 0, m = 0, nacc = 0;
+    int acc[PTE_UDP_BATCH];
+    unsigned char used[PTE_UDP_BATCH];
     long long now = u->rate > 0 ? pte_now_ns() : 0;
     pte_src s;
     for (i = 0; i < n; i++) {
         struct msghdr *h = &u->rmsg[i].msg_hdr;
-        unsigned int len = u->rmsg[i].msg_len;
         u->datagrams_in++;
-        u->bytes_in += len;
+        u->bytes_in += u->rmsg[i].msg_len;
         pte_src_of(&u->names[i], &s);
         if (h->msg_flags & MSG_TRUNC)
             pte_udp_drop(u, PTE_DROP_TRUNC, &s);
@@ -305,40 +297,51 @@ static void pte_udp_server_judge(pte_udp_server *u, int n) {
             pte_udp_drop(u, PTE_DROP_LOOP, &s);
         else if (u->rate > 0 && !pte_rate_take(u, &s, now))
             pte_udp_drop(u, PTE_DROP_RATE, &s);
-        else {
-            u->siov[k].iov_base = u->riov[i].iov_base;
-            u->siov[k].iov_len = len;
-            to[k] = &u->names[i];
-            tolen[k] = h->msg_namelen;
-            if (m >= 0 && tolen[k] == tolen[k - 1] &&
-                memcmp(to[k], to[k - 1], tolen[k]) == 0) {
-                struct msghdr *g = &u->smsg[m].msg_hdr;
-                int first = (int)(g->msg_iov - u->siov);
-                if (pte_gso_joins(u, first, k, u->segs[m], u->sbytes[m])) {
-                    g->msg_iovlen++;
-                    u->segs[m]++;
-                    u->sbytes[m] += len;
-                    k++;
-                    continue;
-                }
-            }
-            m++;
-            memset(&u->smsg[m].msg_hdr, 0, sizeof(struct msghdr));
-            u->smsg[m].msg_hdr.msg_name = (void *)to[k];
-            u->smsg[m].msg_hdr.msg_namelen = tolen[k];
-            u->smsg[m].msg_hdr.msg_iov = &u->siov[k];
-            u->smsg[m].msg_hdr.msg_iovlen = 1;
-            u->segs[m] = 1;
-            u->sbytes[m] = len;
-            k++;
-        }
+        else
+            acc[nacc++] = i;
     }
-    for (i = 0; i <= m; i++) {  /* a send of several datagrams says their size */
-        if (u->segs[i] > 1) {
-            struct msghdr *g = &u->smsg[i].msg_hdr;
+    memset(used, 0, sizeof(used));
+    for (a = 0; a < nacc; a++) {
+        struct msghdr *g = &u->smsg[m].msg_hdr, *ha;
+        size_t seg, len;
+        if (used[a])
+            continue;
+        i = acc[a];
+        ha = &u->rmsg[i].msg_hdr;
+        seg = u->rmsg[i].msg_len;
+        memset(g, 0, sizeof(*g));
+        g->msg_name = &u->names[i];
+        g->msg_namelen = ha->msg_namelen;
+        g->msg_iov = &u->siov[k];
+        g->msg_iovlen = 1;
+        u->siov[k].iov_base = u->riov[i].iov_base;
+        u->siov[k++].iov_len = seg;
+        u->segs[m] = 1;
+        u->sbytes[m] = (long long)seg;
+        len = seg;
+        /* Later echoes to the same sender join while they fit; the first that does not
+         * (a larger one, or any after a shorter one) ends this send, and starts its own
+         * later, so none overtakes another to its sender. */
+        for (b = a + 1; u->gso && seg > 0 && len == seg && b < nacc; b++) {
+            int j = acc[b];
+            size_t lb = u->rmsg[j].msg_len;
+            if (used[b] || u->rmsg[j].msg_hdr.msg_namelen != ha->msg_namelen ||
+                memcmp(&u->names[j], &u->names[i], ha->msg_namelen) != 0)
+                continue;
+            if (lb == 0 || lb > seg || u->sbytes[m] + (long long)lb > PTE_GSO_MAX_BYTES)
+                break;
+            used[b] = 1;
+            g->msg_iovlen++;
+            u->siov[k].iov_base = u->riov[j].iov_base;
+            u->siov[k++].iov_len = lb;
+            u->segs[m]++;
+            u->sbytes[m] += (long long)lb;
+            len = lb;
+        }
+        if (u->segs[m] > 1) {  /* a send of several datagrams says their size */
             struct cmsghdr *cm;
-            uint16_t size = (uint16_t)g->msg_iov[0].iov_len;
-            g->msg_control = u->sctrl[i];
+            uint16_t size = (uint16_t)seg;
+            g->msg_control = u->sctrl[m];
             g->msg_controllen = CMSG_SPACE(sizeof(size));
             cm = CMSG_FIRSTHDR(g);
             cm->cmsg_level = SOL_UDP;
@@ -346,8 +349,9 @@ static void pte_udp_server_judge(pte_udp_server *u, int n) {
             cm->cmsg_len = CMSG_LEN(sizeof(size));
             memcpy(CMSG_DATA(cm), &size, sizeof(size));
         }
+        m++;
     }
-    u->nsend = m + 1;
+    u->nsend = m;
     u->next_send = 0;
 }
 

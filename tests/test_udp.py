@@ -276,3 +276,33 @@ def test_workers_sum_their_udp_counters() -> None:
         assert server.stop() == 0
         out = server.output()
         assert "UDP: received 50 datagrams, echoed 50 (3200 bytes)" in out, out
+
+
+def test_echoes_to_many_senders_keep_each_senders_order_and_bytes(core: str) -> None:
+    """The server sends a batch's echoes to one sender together (one GSO send in the
+    Cython core), wherever they stood in the batch: each sender still gets exactly its
+    datagrams, in its order, whatever their sizes (a shorter one ends a GSO send, a
+    larger one starts the next)."""
+    sizes = [100, 100, 40, 100, 300, 300, 300, 1, 0, 300, 1200, 1200]
+    with running_server(core=core, udp=True, udp_rate=0) as server:
+        port = server.address[1]
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            for s in senders:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                s.connect((LOCALHOST, port))
+                s.settimeout(10)
+            sent: dict[int, list[bytes]] = {i: [] for i in range(len(senders))}
+            for n in range(20):  # interleaved: A B C A B C ..., as fast as they go
+                for i, s in enumerate(senders):
+                    size = sizes[(n + i) % len(sizes)]
+                    data = bytes([i, n]) * (size // 2) + bytes([i])[: size % 2]
+                    s.send(data)
+                    sent[i].append(data)
+            for i, s in enumerate(senders):
+                got = [s.recv(2000) for _ in sent[i]]
+                assert got == sent[i], f"sender {i}"
+        finally:
+            for s in senders:
+                s.close()
+        assert server.wait(lambda st: st.udp_datagrams_out == 60, 10)
