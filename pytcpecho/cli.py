@@ -744,7 +744,7 @@ COMMANDS = (_add_serve, _add_mesh, _add_client, _add_ping, _add_demo, _add_bench
 
 def build_parser() -> _Parser:
     parser = _Parser(prog="pytcpecho",
-                     description="TCP echo server and verifying client with a GIL-free "
+                     description="TCP and UDP echo server and verifying client with a GIL-free "
                                  "Cython core.")
     parser.add_argument("--version", action="version",
                         version=f"pytcpecho {__version__} (core: {cores.load('auto').NAME})")

@@ -412,11 +412,6 @@ class EchoServer:
     # -- counters -----------------------------------------------------------
 
     @property
-    def udp(self) -> bool:
-        """Whether this server echoes datagrams too."""
-        return self._udp is not None
-
-    @property
     def stats(self) -> ServerStats:
         """Counters now; bytes include connections still in flight."""
         udp = self._udp.stats if self._udp is not None else UdpStats()

@@ -107,7 +107,8 @@ def _checked(name: str, kind: str, value: Any) -> Any:
 
 def log_summary(logger: logging.Logger, stats: ServerStats, more: str = "",
                 *more_args: object, udp: bool = False) -> None:
-    """The run's one summary line, with every counter; ``more`` extends it."""
+    """The run's summary line, with every counter (``more`` extends it), and with ``udp``
+    one more for the datagrams."""
     logger.info(_SUMMARY + more, stats.total, plural(stats.total), stats.bytes_out,
                 stats.errors, plural(stats.errors), stats.timed_out, plural(stats.timed_out),
                 stats.over_limit, stats.refused, *more_args)
