@@ -18,7 +18,6 @@ that says what happened.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import secrets
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .contract import ClientSession, Core
-from .histogram import bucket_value
+from .histogram import rebucket
 from .pattern import make_base
 from .sockets import set_io_timeout, set_nodelay
 from .udpclient import UdpEchoError, UdpResult, result_of
@@ -215,14 +214,8 @@ def _udp_verdict(r: UdpResult, timeout: float) -> tuple[str, str]:
 
 def rtt_counts(histogram: Sequence[int], min_ns: int, max_ns: int) -> tuple[int, ...]:
     """A core's latency histogram counted into RTT_BUCKETS (one count more, for over the
-    largest bound), each bucket read at its middle, within the exact min and max (so
-    within the histogram's ~1.6% of the round trip)."""
-    counts = [0] * (len(RTT_BUCKETS) + 1)
-    for i, count in enumerate(histogram):
-        if count:
-            ns = min(max(bucket_value(i), min_ns), max_ns)
-            counts[bisect.bisect_left(RTT_BUCKETS, ns / 1e9)] += count
-    return tuple(counts)
+    largest bound)."""
+    return rebucket(histogram, RTT_BUCKETS, min_ns, max_ns)
 
 
 class _Check:

@@ -67,9 +67,11 @@ from .constants import (
 from .contract import ContractError
 from .demo import run_demo
 from .output import fail as _fail
+from .output import note as _note
 from .output import say as _say
 from .server import serving_core
 from .sockets import listen_address, resolve_error
+from .starttime import parse_start_at
 from .status import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -663,7 +665,17 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--connect-each", action="store_true",
                    help="a new connection for every message (the original exercise's pattern)")
     p.add_argument("--seed", type=int, default=None, help="payload seed (default: random)")
-    p.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document at the end: the figures, the whole latency "
+                        "histogram and when it ran, for pytcpecho merge")
+    p.add_argument("--start-at", type=_arg(parse_start_at, "time"), default=None,
+                   metavar="TIME",
+                   help="connect, then start the load at this moment: Unix time or ISO 8601 "
+                        "in UTC (e.g. 2026-11-29T08:30:00Z), so the pods of one Job start "
+                        "together (default: at once)")
+    p.add_argument("--metrics-port", type=PORT, default=None,
+                   help="serve the run's counters and latency histogram as Prometheus metrics "
+                        "at http://*:PORT/metrics while it runs (default: off)")
     p.add_argument("--udp", action="store_true",
                    help="datagrams instead (RFC 862 over UDP): -c sockets, one thread each; "
                         "--rate in datagrams/s in all (default: search for the highest rate "
@@ -701,6 +713,8 @@ def _percent(text: str) -> float:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.udp:
+        if args.metrics_port is not None:
+            raise UsageError("--metrics-port serves a TCP bench's counters; --udp has none yet")
         from . import udpcli  # the datagram load: loaded by the commands that use it
         return udpcli.bench(args)
     for option, given in (("--rr", args.rr),
@@ -712,17 +726,46 @@ def _bench(args: argparse.Namespace) -> int:
         host, port, size=args.size, connections=args.connections,
         duration=None if args.count else (args.duration or BENCH_DURATION), count=args.count,
         mode=args.mode, rate=args.rate, connect_each=args.connect_each, core=args.core,
-        timeout=args.timeout, interval=args.interval, seed=args.seed, threads=args.threads)
+        timeout=args.timeout, interval=args.interval, seed=args.seed, threads=args.threads,
+        start_at=args.start_at)
     try:
         gen = loadgen.LoadGenerator(bench)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
+    columns = [loadgen.COLUMNS]  # printed with the first line: after a --start-at wait
+
+    def on_interval(i: loadgen.Interval) -> None:
+        while columns:
+            _say(columns.pop())
+        _say(loadgen.interval_line(i))
+
     if not args.json:
         _say(loadgen.header(bench, gen.core.NAME))
-        _say(loadgen.COLUMNS)
+    with contextlib.ExitStack() as beside:
+        if args.metrics_port is not None:
+            beside.enter_context(_bench_metrics(gen, args))
+        return _bench_run(args, gen, on_interval)
+
+
+def _bench_metrics(gen: loadgen.LoadGenerator,
+                   args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    from . import benchmetrics  # prometheus_client: loaded where metrics are served
+
+    def live() -> benchmetrics.Live:
+        messages, received, errors, histogram = gen.live()
+        return benchmetrics.Live(messages, received, errors, histogram)
+
+    c = gen.config
+    collector = benchmetrics.BenchCollector(live, format_hostport(c.host, c.port), c.size,
+                                            "connect-each" if c.connect_each else c.mode)
+    return benchmetrics.serve("", args.metrics_port, collector)
+
+
+def _bench_run(args: argparse.Namespace, gen: loadgen.LoadGenerator,
+               on_interval: Callable[[loadgen.Interval], None]) -> int:
     status = EXIT_INTERRUPTED
     try:
-        result = gen.run(None if args.json else lambda i: _say(loadgen.interval_line(i)))
+        result = gen.run(None if args.json else on_interval, _note if args.json else _say)
     except loadgen.NoConnection as exc:
         return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
     except loadgen.Interrupted as stopped:  # Ctrl-C: what was measured, as ping does
@@ -737,9 +780,31 @@ def _bench(args: argparse.Namespace) -> int:
     return status
 
 
+# -- merge ----------------------------------------------------------------------
+
+def _add_merge(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("merge", help="add up bench --json results of many machines",
+                       description="Add up the results of bench --json runs (one document per "
+                                   "file, or per line; - for standard input): counts and bytes "
+                                   "summed, latency histograms merged bucket by bucket, "
+                                   "percentiles from the merged histogram, the combined rate "
+                                   "over the window all ran in. Exit 0, 1 when a run was not "
+                                   "intact, 2 for inputs that cannot be merged.")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="bench --json results (- : standard input)")
+    p.add_argument("--json", action="store_true",
+                   help="print the merged result as one JSON document, as bench --json does")
+    p.set_defaults(run=_merge)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from . import merge  # loaded by the command that uses it
+    return merge.main(args)
+
+
 # -- main -----------------------------------------------------------------------
 
-COMMANDS = (_add_serve, _add_mesh, _add_client, _add_ping, _add_demo, _add_bench)
+COMMANDS = (_add_serve, _add_mesh, _add_client, _add_ping, _add_demo, _add_bench, _add_merge)
 
 
 def build_parser() -> _Parser:

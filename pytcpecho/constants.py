@@ -62,6 +62,8 @@ BENCH_SIZE = 1024
 BENCH_CONNECTIONS = 10
 BENCH_DURATION = 10.0
 BENCH_INTERVAL = 1.0
+BENCH_FORMAT = 1
+"""The version of bench --json's document that ``pytcpecho merge`` reads."""
 BENCH_DRAIN = 0.05
 """Seconds a timed bench waits at least, after its duration, for echoes in flight (at
 most its timeout; 0.5% of a long duration): then it ends on time, and counts what is

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import core as cores
+from ._version import __version__
 from .constants import (
     BENCH_CONNECTIONS,
     BENCH_DRAIN,
     BENCH_DURATION,
+    BENCH_FORMAT,
     BENCH_INTERVAL,
     BENCH_SIZE,
     DEFAULT_TIMEOUT,
@@ -37,7 +39,7 @@ from .constants import (
     NBUCKETS,
 )
 from .contract import ClientGroup, ConnectEachSession, Core
-from .histogram import LatencyStats, summarize
+from .histogram import Histogram, LatencyStats, summarize
 from .pattern import make_base
 from .sockets import (
     open_fds,
@@ -46,6 +48,7 @@ from .sockets import (
     set_io_timeout,
     set_nodelay,
 )
+from .starttime import wait_until
 from .units import check_seconds, format_hostport, format_size, parse_port, plural
 from .verdict import describe_error, describe_failure, stall_hint
 
@@ -71,6 +74,8 @@ class BenchConfig:
     seed: int | None = None
     threads: int | None = None
     """Threads driving the connections (None: one per core); connect-each: one each."""
+    start_at: float | None = None
+    """Unix time to start the load at, once connected (None: at once): --start-at."""
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work together."""
@@ -144,6 +149,10 @@ class BenchResult:
     unfinished: int = 0
     """Exchanges still in flight when the drain after the deadline ran out: sent, and
     neither verified nor failed."""
+    histogram: Histogram = field(default_factory=Histogram.empty)
+    """Every round trip, bucketed: what ``pytcpecho merge`` adds up across machines."""
+    started_at: float = 0.0
+    """Unix time the load started (after connecting, and any --start-at wait)."""
 
     @property
     def messages_per_s(self) -> float:
@@ -171,7 +180,18 @@ class BenchResult:
             "integrity_failures": self.integrity_failures, "problems": self.problems[:10],
             "interrupted": self.interrupted, "unfinished": self.unfinished,
             "intervals": [i.as_dict() for i in self.intervals],
+            **result_stamp(self.started_at, self.elapsed, self.histogram),
         }
+
+
+def result_stamp(started_at: float, elapsed: float, histogram: Histogram) -> dict[str, Any]:
+    """What makes a result mergeable with others: its format and version, when it ran (Unix
+    time), which pod of an Indexed Job made it, and its whole histogram."""
+    index = os.environ.get("JOB_COMPLETION_INDEX", "")
+    return {"format": BENCH_FORMAT, "version": __version__,
+            "started_at": round(started_at, 6), "ended_at": round(started_at + elapsed, 6),
+            "index": int(index) if index.isdigit() else None,
+            "histogram": histogram.to_json()}
 
 
 class NoConnection(Exception):
@@ -244,6 +264,8 @@ class LoadGenerator:
         self._problems: list[str] = []
         self._running = 0
         self._ended = 0.0
+        self._started_at = 0.0
+        self._lanes_now: list[Lane] = []
         self._all_ended = threading.Event()
 
     def _check_fds(self) -> None:
@@ -331,6 +353,20 @@ class LoadGenerator:
         return [Lane(group=g, socks=tuple(ss)) for g, ss in zip(groups, socks, strict=True)
                 if ss]
 
+    def live(self) -> tuple[int, int, dict[str, int], Histogram]:
+        """Messages and bytes echoed intact so far, failures by kind, and the latency
+        histogram: safe to read from another thread while the run goes on."""
+        lanes = self._lanes_now
+        sample = _Sample(0.0, lanes)
+        timed = [lane.counters for lane in lanes if lane.counters.latency_min_ns >= 0]
+        histogram = Histogram(tuple(sample.hist),
+                              min((s.latency_min_ns for s in timed), default=-1),
+                              max((s.latency_max_ns for s in timed), default=0),
+                              sum(s.latency_sum_ns for s in timed))
+        with self._lock:
+            errors = {"connection": self._errors, "integrity": self._integrity}
+        return sample.messages, sample.bytes, errors, histogram
+
     def _fail(self, problem: str, integrity: bool = False) -> None:
         with self._lock:
             if integrity:
@@ -383,20 +419,31 @@ class LoadGenerator:
                 self._ended = time.monotonic()
                 self._all_ended.set()
 
-    def run(self, on_interval: Callable[[Interval], None] | None = None) -> BenchResult:
-        """Connect everything, run, sample every interval; NoConnection if none connected,
-        Interrupted (a KeyboardInterrupt, with the result so far) on Ctrl-C.
+    def run(self, on_interval: Callable[[Interval], None] | None = None,
+            on_wait: Callable[[str], None] | None = None) -> BenchResult:
+        """Connect everything, wait for --start-at (``on_wait`` gets a line saying so), run,
+        sample every interval; NoConnection if none connected, Interrupted (a
+        KeyboardInterrupt, with the result so far) on Ctrl-C.
 
         Interval k ends at k x interval after the start, by the clock, not after the
         last one (which a busy moment could delay), so lines never drift.
         """
         c = self.config
         family, sockaddr = self._resolve()
-        lanes = self._lanes(family, sockaddr)
+        lanes = self._lanes_now = self._lanes(family, sockaddr)
+        if c.start_at is not None:
+            try:
+                wait_until(c.start_at, on_wait)
+            except BaseException:  # Ctrl-C while waiting: nothing ran, nothing to report
+                for lane in lanes:
+                    for sock in lane.socks:
+                        sock.close()
+                raise
         threads = [threading.Thread(target=self._drive, args=(lane,), daemon=True,
                                     name=f"bench-{i}")
                    for i, lane in enumerate(lanes)]
         self._running = len(threads)
+        self._started_at = time.time()
         started = time.monotonic()
         for t in threads:
             t.start()
@@ -459,10 +506,15 @@ class LoadGenerator:
                         sum(s.latency_sum_ns for s in timed))
         opened = sum(s.connections for s in counters)
         unfinished = sum(lane.group.unfinished for lane in lanes if lane.group is not None)
+        histogram = Histogram(tuple(final.hist),
+                              min((s.latency_min_ns for s in timed), default=-1),
+                              max((s.latency_max_ns for s in timed), default=0),
+                              sum(s.latency_sum_ns for s in timed))
         return BenchResult(self.config, self.core.NAME, elapsed, final.messages,
                            sum(s.bytes_sent for s in counters), final.bytes, opened,
                            self._errors, self._integrity, lat, intervals, self._problems,
-                           unfinished=unfinished)
+                           unfinished=unfinished, histogram=histogram,
+                           started_at=self._started_at)
 
 
 # -- text output ----------------------------------------------------------------------

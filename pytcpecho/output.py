@@ -12,6 +12,11 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def note(line: str) -> None:
+    """A line beside a JSON document on stdout (a wait, a warning): on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def fail(prog: str, message: str, status: int) -> int:
     """``prog: error: message`` on stderr (a long value in it shortened); ``status``."""
     print(f"{prog}: error: {shorten_quoted(message)}", file=sys.stderr, flush=True)

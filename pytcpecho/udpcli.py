@@ -9,7 +9,9 @@ import json
 from . import udpbench
 from .constants import BENCH_DURATION, BENCH_SIZE, BENCH_UDP_SIZE, PING_UDP_INTERVAL
 from .output import fail as _fail
+from .output import note as _note
 from .output import say as _say
+from .starttime import wait_until
 from .status import EXIT_INTERRUPTED, EXIT_NOT_INTACT, EXIT_OK, EXIT_UNREACHABLE, UsageError
 from .udpclient import Event, UdpEchoClient, UdpEchoError, UdpResult, hops
 from .units import format_hostport, plural
@@ -116,6 +118,8 @@ def bench(args: argparse.Namespace) -> int:
         _say(udpbench.interval_line(i))
 
     status = EXIT_INTERRUPTED
+    if args.start_at is not None:
+        wait_until(args.start_at, _note if quiet else _say)
     try:
         result = gen.run(None if quiet else on_interval,
                          None if quiet else lambda r, loss: _say(udpbench.step_line(r, loss)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import resource
@@ -9,11 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fakes import echo_then, fake_server, flipping_echo, stalling_echo, stalling_once
+from prometheus_client.parser import text_string_to_metric_families
 from support import (
     LOCALHOST,
     ServeProcess,
@@ -21,7 +25,10 @@ from support import (
     cli,
     raise_fd_limit,
     running_server,
+    unused_port,
 )
+
+from pytcpecho.histogram import Histogram
 
 MIB = 1024 * 1024
 
@@ -270,3 +277,104 @@ def test_ctrl_c_with_json_prints_the_document_so_far() -> None:
     doc = json.loads(out)
     assert doc["interrupted"] is True
     assert doc["messages"] > 100 and doc["errors"] == 0
+
+
+# -- many machines: a result that merges, a common start, live metrics -------------------
+
+def test_the_json_carries_what_merge_needs(core: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole histogram (its buckets count every message), when the load ran, and which
+    pod of an Indexed Job made it."""
+    with running_server(mode="message", size=1024, core=core) as server:
+        before = time.time()
+        result = cli("bench", f"{LOCALHOST}:{server.address[1]}", "--json", "--size", "1KiB",
+                     "-c", "2", "-n", "300", "--core", core, env={"JOB_COMPLETION_INDEX": "3"})
+        doc = json.loads(result.stdout)
+    assert result.returncode == 0, result.stderr
+    assert (doc["format"], doc["index"]) == (1, 3)
+    assert before <= doc["started_at"] <= doc["ended_at"] <= time.time()
+    assert doc["ended_at"] - doc["started_at"] == pytest.approx(doc["duration_s"], abs=1e-3)
+    histogram = Histogram.from_json(doc["histogram"])
+    assert histogram.count == doc["messages"] == 300
+    assert histogram.summary().p99 == pytest.approx(doc["latency_ms"]["p99"], abs=1e-4)
+    assert histogram.min_ns == round(doc["latency_ms"]["min"] * 1e6) or \
+        abs(histogram.min_ns / 1e6 - doc["latency_ms"]["min"]) < 1e-3
+
+
+def test_start_at_connects_then_waits_for_the_moment() -> None:
+    with running_server(mode="message", size=1024) as server:
+        start = time.time() + 2.0
+        with ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "bench",
+                               f"{LOCALHOST}:{server.address[1]}", "--size", "1KiB", "-c", "3",
+                               "-t", "0.5", "--start-at", f"{start:.3f}"]) as bench:
+            bench.wait_for(r"^Waiting \d+\.\d s to start at \d{4}-\d\d-\d\dT[\d:.]+Z$")
+            # Connected already, and not one message before the moment.
+            assert server.wait(lambda st: st.active == 3, 10)
+            assert server.stats.bytes_in == 0 and time.time() < start
+            assert bench.proc.wait(30) == 0
+            out = bench.output()
+        assert "Messages: " in out
+    with running_server(mode="message", size=1024) as server:
+        start = time.time() + 1.0
+        result = cli("bench", f"{LOCALHOST}:{server.address[1]}", "--json", "-c", "1",
+                     "-t", "0.3", "--size", "1KiB", "--start-at",
+                     datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
+                     .strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)  # the waiting line went to stderr
+    assert doc["started_at"] >= start and "Waiting" in result.stderr
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("2020-01-01T00:00:00Z", "is 2"),  # ... seconds in the past
+    ("soon", "give Unix time"),
+    ("nan", "not a moment"),
+])
+def test_a_start_at_that_cannot_be_is_one_line(value: str, says: str) -> None:
+    line = assert_one_line_error(cli("bench", f"{LOCALHOST}:9", "--start-at", value), 2)
+    assert "argument --start-at: invalid time" in line and says in line, line
+
+
+def test_metrics_port_shows_the_run_while_it_runs() -> None:
+    with running_server(mode="message", size=1024) as server:
+        port = unused_port()
+        with ServeProcess(cmd=[sys.executable, "-m", "pytcpecho", "bench",
+                               f"{LOCALHOST}:{server.address[1]}", "--size", "1KiB", "-c", "2",
+                               "-t", "30", "--metrics-port", str(port)]) as bench:
+            bench.wait_for(r"^\s+0\.0-1\.0 ")  # a second of load behind it
+
+            def scrape() -> dict[str, float]:
+                with urllib.request.urlopen(f"http://{LOCALHOST}:{port}/metrics", timeout=10) as r:
+                    text = r.read().decode()
+                return {f"{s.name}{sorted(s.labels.items())}": s.value
+                        for family in text_string_to_metric_families(text)
+                        for s in family.samples}
+
+            first = scrape()
+            second = scrape()
+            bench.proc.send_signal(signal.SIGINT)
+            assert bench.proc.wait(30) == 130
+        messages = "pytcpecho_bench_messages_total[]"
+        assert 0 < first[messages] <= second[messages]
+        assert first["pytcpecho_bench_bytes_total[]"] >= first[messages] * 1024
+        assert first["pytcpecho_bench_errors_total[('kind', 'connection')]"] == 0
+        assert first["pytcpecho_bench_errors_total[('kind', 'integrity')]"] == 0
+        info = f"pytcpecho_bench_info[('mode', 'message'), ('size', '1024'), " \
+               f"('target', '{LOCALHOST}:{server.address[1]}')]"
+        assert first[info] == 1
+        count = first["pytcpecho_bench_latency_seconds_count[]"]
+        assert count == pytest.approx(first[messages], rel=0.01)
+        assert first["pytcpecho_bench_latency_seconds_bucket[('le', '+Inf')]"] == count
+
+
+def test_metrics_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = assert_one_line_error(cli("bench", f"{LOCALHOST}:9", "--metrics-port",
+                                         str(port)), 2)
+    assert f"cannot serve metrics on *:{port}" in line, line
+    line = assert_one_line_error(cli("bench", "--udp", f"{LOCALHOST}:9", "--metrics-port",
+                                     "0"), 2)
+    assert "--udp has none yet" in line
