@@ -357,15 +357,19 @@ class LoadGenerator:
         """Messages and bytes echoed intact so far, failures by kind, and the latency
         histogram: safe to read from another thread while the run goes on."""
         lanes = self._lanes_now
+        counters = [lane.counters for lane in lanes]
+        # Messages first: a message counts once all its bytes came, so the bytes read after
+        # them are never fewer than the messages' own.
+        messages = sum(c.messages for c in counters)
         sample = _Sample(0.0, lanes)
-        timed = [lane.counters for lane in lanes if lane.counters.latency_min_ns >= 0]
+        timed = [c for c in counters if c.latency_min_ns >= 0]
         histogram = Histogram(tuple(sample.hist),
                               min((s.latency_min_ns for s in timed), default=-1),
                               max((s.latency_max_ns for s in timed), default=0),
                               sum(s.latency_sum_ns for s in timed))
         with self._lock:
             errors = {"connection": self._errors, "integrity": self._integrity}
-        return sample.messages, sample.bytes, errors, histogram
+        return messages, sample.bytes, errors, histogram
 
     def _fail(self, problem: str, integrity: bool = False) -> None:
         with self._lock:
