@@ -306,3 +306,16 @@ def test_echoes_to_many_senders_keep_each_senders_order_and_bytes(core: str) -> 
             for s in senders:
                 s.close()
         assert server.wait(lambda st: st.udp_datagrams_out == 60, 10)
+
+
+def test_bench_udp_starts_at_the_moment_given() -> None:
+    with ServeProcess("--udp", "--udp-rate", "0", "--host", LOCALHOST, "--port", "0",
+                      "-q") as server:
+        port = server.wait_listening()
+        start = time.time() + 1.5
+        out = cli("bench", "--udp", f"{LOCALHOST}:{port}", "-c", "1", "-n", "50", "--rate",
+                  "1000", "--start-at", f"{start:.3f}")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[1].startswith("Waiting ") and "to start at" in lines[1], lines
+        assert time.time() >= start
