@@ -4,6 +4,7 @@ start their load together (and, with --duration, end it together)."""
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,9 @@ from .units import quote
 LATE_BY = 1.0
 """A start this many seconds in the past is an error (the others have begun); less late,
 the run starts at once."""
+WAITING_LINE = re.compile(r"Waiting \d+\.\d s to start at \S+Z")
+"""The line wait_until() writes: a pod's log (``kubectl logs``: its stderr and stdout in
+one) has it before the JSON document, and ``merge`` knows it for what it is."""
 WAIT_STEP = 0.5
 """The longest sleep of the wait: Ctrl-C is seen, and a clock stepped by NTP followed."""
 

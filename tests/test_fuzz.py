@@ -165,6 +165,7 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """The command's status, stdout and stderr; a serve or mesh that starts gets SIGINT
     once it has printed its first line (its handlers are in place by then)."""
     proc = subprocess.Popen([sys.executable, "-m", "pytcpecho", *argv],
+                            stdin=subprocess.DEVNULL,  # merge - reads it: at once, empty
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, **env}, errors="backslashreplace", text=True)
     assert proc.stdout is not None
@@ -188,10 +189,10 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
 
 
 def test_the_vocabulary_reaches_every_command() -> None:
-    assert set(NAMES) == {"serve", "mesh", "client", "ping", "bench", "demo"}
+    assert set(NAMES) == {"serve", "mesh", "client", "ping", "bench", "demo", "merge"}
     assert sorted(TARGETED) == ["bench", "client", "ping"]
-    for name in NAMES:
-        assert any("--core" in o.strings for o in options(COMMANDS[name])), name
+    for name in NAMES:  # merge reads files, and runs no echo loop
+        assert any("--core" in o.strings for o in options(COMMANDS[name])) == (name != "merge")
     assert "PYTCPECHO_WORKERS" in VARIABLES and PURE_PYTHON in VARIABLES
 
 
