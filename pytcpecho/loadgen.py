@@ -241,6 +241,13 @@ class _Sample:
         hists = [c.histogram() for c in counters]
         self.hist = [sum(col) for col in zip(*hists, strict=True)] if hists else [0] * NBUCKETS
 
+    def histogram(self, counters: Sequence[ClientGroup | ConnectEachSession]) -> Histogram:
+        """The sample's buckets with the loops' exact min, max and sum (read now)."""
+        timed = [c for c in counters if c.latency_min_ns >= 0]
+        return Histogram(tuple(self.hist), min((c.latency_min_ns for c in timed), default=-1),
+                         max((c.latency_max_ns for c in timed), default=0),
+                         sum(c.latency_sum_ns for c in timed))
+
 
 class LoadGenerator:
     """Runs one benchmark: ``run(on_interval)`` returns a BenchResult.
@@ -362,14 +369,9 @@ class LoadGenerator:
         # them are never fewer than the messages' own.
         messages = sum(c.messages for c in counters)
         sample = _Sample(0.0, lanes)
-        timed = [c for c in counters if c.latency_min_ns >= 0]
-        histogram = Histogram(tuple(sample.hist),
-                              min((s.latency_min_ns for s in timed), default=-1),
-                              max((s.latency_max_ns for s in timed), default=0),
-                              sum(s.latency_sum_ns for s in timed))
         with self._lock:
             errors = {"connection": self._errors, "integrity": self._integrity}
-        return messages, sample.bytes, errors, histogram
+        return messages, sample.bytes, errors, sample.histogram(counters)
 
     def _fail(self, problem: str, integrity: bool = False) -> None:
         with self._lock:
@@ -504,20 +506,13 @@ class LoadGenerator:
                 intervals: list[Interval]) -> BenchResult:
         final = _Sample(time.monotonic(), lanes)
         counters = [lane.counters for lane in lanes]
-        timed = [s for s in counters if s.latency_min_ns >= 0]
-        lat = summarize(final.hist, min((s.latency_min_ns for s in timed), default=0),
-                        max((s.latency_max_ns for s in timed), default=0),
-                        sum(s.latency_sum_ns for s in timed))
+        histogram = final.histogram(counters)
         opened = sum(s.connections for s in counters)
         unfinished = sum(lane.group.unfinished for lane in lanes if lane.group is not None)
-        histogram = Histogram(tuple(final.hist),
-                              min((s.latency_min_ns for s in timed), default=-1),
-                              max((s.latency_max_ns for s in timed), default=0),
-                              sum(s.latency_sum_ns for s in timed))
         return BenchResult(self.config, self.core.NAME, elapsed, final.messages,
                            sum(s.bytes_sent for s in counters), final.bytes, opened,
-                           self._errors, self._integrity, lat, intervals, self._problems,
-                           unfinished=unfinished, histogram=histogram,
+                           self._errors, self._integrity, histogram.summary(), intervals,
+                           self._problems, unfinished=unfinished, histogram=histogram,
                            started_at=self._started_at)
 
 
