@@ -202,11 +202,13 @@ def test_the_scrape_job_finds_the_bench_pods(job: dict[str, Any], tmp_path: Path
     """deploy/prometheus/prometheus.yml's pod job, run in a real prometheus fed the targets
     pod discovery gives for the Job's pods: a running pod is scraped at the annotated port
     and path, a finished one (its endpoint closed) is not."""
-    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    template = job["spec"]["template"]["metadata"]
+    annotations, labels = template["annotations"], template["labels"]
     port = metrics_port(container_of(job))
-    targets = (pod_targets("pytcpecho-bench-0-x7k2p", "10.0.2.5", annotations, ports=(port,))
+    targets = (pod_targets("pytcpecho-bench-0-x7k2p", "10.0.2.5", annotations, ports=(port,),
+                           labels=labels)
                + pod_targets("pytcpecho-bench-1-q9w4z", "10.0.2.6", annotations,
-                             phase="Succeeded", ports=(port,)))
+                             phase="Succeeded", ports=(port,), labels=labels))
     config = with_file_discovery(tmp_path, targets)
     listen = f"127.0.0.1:{unused_port()}"
     proc = subprocess.Popen(
@@ -232,10 +234,13 @@ def test_the_scrape_job_finds_the_bench_pods(job: dict[str, Any], tmp_path: Path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    assert [(t["scrapeUrl"], t["labels"]["pod"]) for t in seen["activeTargets"]] == [
-        (f"http://10.0.2.5:{port}/metrics", "pytcpecho-bench-0-x7k2p")]
+    # Their own job, every 2 s (the mesh job leaves them to it), a running pod only.
+    assert [(t["scrapeUrl"], t["labels"]["pod"], t["labels"]["job"], t["scrapeInterval"])
+            for t in seen["activeTargets"]] == [
+        (f"http://10.0.2.5:{port}/metrics", "pytcpecho-bench-0-x7k2p", "pytcpecho-bench", "2s")]
     assert {t["discoveredLabels"]["__meta_kubernetes_pod_name"]
-            for t in seen["droppedTargets"]} == {"pytcpecho-bench-1-q9w4z"}
+            for t in seen["droppedTargets"]
+            if t["discoveredLabels"]["job"] == "pytcpecho-bench"} == {"pytcpecho-bench-1-q9w4z"}
 
 
 # -- the Job's command, run ------------------------------------------------------------------

@@ -136,12 +136,14 @@ def test_rule_unit_tests_hold_the_udp_loss_alert_to_its_word(
 
 
 def with_file_discovery(tmp_path: Path, targets: list[dict[str, Any]] | None = None) -> Path:
-    """prometheus.yml with the mesh job's Kubernetes discovery replaced by a file of
+    """prometheus.yml with each job's Kubernetes discovery replaced by one file of
     ``targets`` (and rules.yml beside it), in tmp_path; every other line as it is."""
     config = load_yaml(PROM / "prometheus.yml")
-    job = mesh_job(config)
-    assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
-    job["file_sd_configs"] = [{"files": ["targets.json"]}]
+    assert [j["job_name"] for j in config["scrape_configs"]] == ["pytcpecho-mesh",
+                                                                "pytcpecho-bench"]
+    for job in config["scrape_configs"]:
+        assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+        job["file_sd_configs"] = [{"files": ["targets.json"]}]
     (tmp_path / "targets.json").write_text(json.dumps(targets or []))
     shutil.copy(PROM / "rules.yml", tmp_path)
     path = tmp_path / "prometheus.yml"
@@ -154,8 +156,8 @@ def test_promtool_checks_the_prometheus_config(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     if result.returncode != 0:  # a build without Kubernetes discovery (Debian's): only that
         problems = re.findall(r"^\s+line \d+: (.*)$", output, re.M)
-        assert problems == ["field kubernetes_sd_configs not found in type config.ScrapeConfig"
-                            ], output
+        assert problems and set(problems) == {
+            "field kubernetes_sd_configs not found in type config.ScrapeConfig"}, output
     else:
         assert "SUCCESS: 1 rule files found" in result.stdout, result.stdout
     # The rest of the file (relabel rules, rule_files) with discovery from a file:
@@ -168,13 +170,16 @@ def test_promtool_checks_the_prometheus_config(tmp_path: Path) -> None:
 # -- the scrape job, run ------------------------------------------------------------------
 
 def pod_targets(pod: str, ip: str, annotations: dict[str, str], phase: str = "Running",
-                ports: tuple[int, ...] = (8000, 9862)) -> list[dict[str, Any]]:
+                ports: tuple[int, ...] = (8000, 9862),
+                labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """What role: pod discovery gives for a pod: one target a container port."""
     meta = {"__meta_kubernetes_namespace": "default", "__meta_kubernetes_pod_name": pod,
             "__meta_kubernetes_pod_ip": ip, "__meta_kubernetes_pod_node_name": f"node-{pod[-1]}",
             "__meta_kubernetes_pod_phase": phase}
     for key, value in annotations.items():
         meta["__meta_kubernetes_pod_annotation_" + re.sub(r"\W", "_", key)] = value
+    for key, value in (labels or {}).items():
+        meta["__meta_kubernetes_pod_label_" + re.sub(r"\W", "_", key)] = value
     host = f"[{ip}]" if ":" in ip else ip
     return [{"targets": [f"{host}:{port}"],
              "labels": {**meta, "__meta_kubernetes_pod_container_port_number": str(port)}}
@@ -235,7 +240,7 @@ def test_scrape_job_finds_the_mesh_pods(tmp_path: Path) -> None:
         {"instance": "[fd00::7]:9862", "job": "pytcpecho-mesh", "namespace": "default",
          "pod": "pytcpecho-mesh-b", "node": "node-b"}]
     dropped = {t["discoveredLabels"]["__meta_kubernetes_pod_name"]
-               for t in found["droppedTargets"]}
+               for t in found["droppedTargets"] if t["discoveredLabels"]["job"] == "pytcpecho-mesh"}
     assert dropped == {"pytcpecho-c", "pytcpecho-mesh-d"}
     assert [(g["name"], {r["name"] for r in g["rules"]}) for g in rules] == [
         ("pytcpecho-mesh", ALERTS)]
