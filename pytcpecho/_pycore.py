@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._pytimed import TimedLoop
 from ._pyudp import UdpClientSession, UdpEchoSession
 from .constants import (
     BLOCK,
@@ -28,9 +29,7 @@ from .constants import (
     MAX_BYTES,
     MAX_TIMEOUT,
     MODES,
-    NBUCKETS,
 )
-from .histogram import bucket_of
 from .pattern import Pattern
 from .sockets import Borrowed, set_io_timeout, set_nodelay
 
@@ -176,16 +175,13 @@ class EchoSession:
                 return ending == 1
 
 
-class _ClientLoop:
-    """What every client loop shares: its arguments' checks, its pattern and receive
-    buffer, its counters and its latency histogram (the Cython core's are alike)."""
+class _ClientLoop(TimedLoop):
+    """What every stream client loop shares: its arguments' checks, its pattern and
+    receive buffer, its counters, and (TimedLoop) its latency histogram and stop()."""
 
     bytes_sent: int
     bytes_received: int
     messages: int
-    latency_min_ns: int
-    latency_max_ns: int
-    latency_sum_ns: int
 
     def __init__(self, size: int, base: bytes, mode: str, timeout: float | None) -> None:
         if mode not in MODES:
@@ -199,28 +195,10 @@ class _ClientLoop:
         self._pattern = Pattern(base)
         self._chunk = max(min(size, CHUNK), BLOCK)
         self._rbuf = bytearray(self._chunk)
-        self._hist = [0] * NBUCKETS
-        self._stop = False
+        super().__init__()
         self.bytes_sent = 0
         self.bytes_received = 0
         self.messages = 0
-        self.latency_min_ns = -1
-        self.latency_max_ns = 0
-        self.latency_sum_ns = 0
-
-    def stop(self) -> None:
-        self._stop = True
-
-    def histogram(self) -> list[int]:
-        return list(self._hist)
-
-    def _record(self, lat: int) -> None:
-        """Count one round trip (ns) into the histogram and the exact min/max/sum."""
-        self._hist[bucket_of(lat)] += 1
-        self.latency_sum_ns += lat
-        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-            self.latency_min_ns = lat
-        self.latency_max_ns = max(self.latency_max_ns, lat)
 
 
 class ClientSession(_ClientLoop):

@@ -23,11 +23,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ._pytimed import TimedLoop
 from .constants import (
     BLOCK,
     MAX_BYTES,
     MAX_TIMEOUT,
-    NBUCKETS,
     UDP_BATCH,
     UDP_BURST_SECONDS,
     UDP_DROP_REASONS,
@@ -39,7 +39,6 @@ from .constants import (
     UDP_TRACE,
     UDP_WINDOW,
 )
-from .histogram import bucket_of
 from .sockets import Borrowed
 
 __all__ = ["UdpClientSession", "UdpEchoSession", "check_of"]
@@ -86,8 +85,9 @@ def _ttl_of(ancdata: list[tuple[int, int, bytes]]) -> int:
 
 # -- the client ---------------------------------------------------------------------------
 
-class UdpClientSession:
-    """Numbered datagrams on a connected UDP socket, each echo verified and timed.
+class UdpClientSession(TimedLoop):
+    """Numbered datagrams on a connected UDP socket, each echo verified and timed; its
+    histogram, latency figures and stop() are TimedLoop's.
 
     ``fd`` is a connected, blocking UDP socket the caller owns and keeps open;
     the session turns on the TTL (hop limit) ancillary data on it, and otherwise
@@ -107,10 +107,6 @@ class UdpClientSession:
     ttl_max: int
     bytes_sent: int
     bytes_received: int
-    messages: int
-    latency_min_ns: int
-    latency_max_ns: int
-    latency_sum_ns: int
 
     def __init__(self, fd: int, size: int, base: bytes, timeout: float | None = None,
                  trace: bool = False) -> None:
@@ -131,16 +127,13 @@ class UdpClientSession:
         self._prev_transit: int | None = None
         self._trace = trace
         self._events: list[tuple[int, int, int, str]] = []
-        self._hist = [0] * NBUCKETS
-        self._stop = False
+        super().__init__()
         self.sent = self.received = self.corrupted = self.duplicates = 0
         self.reordered = self.late = self.refused = 0
         self._closed = False
         self.jitter_ns = 0.0
         self.ttl_last = self.ttl_min = self.ttl_max = -1
-        self.bytes_sent = self.bytes_received = self.messages = 0
-        self.latency_min_ns = -1
-        self.latency_max_ns = self.latency_sum_ns = 0
+        self.bytes_sent = self.bytes_received = 0
         with Borrowed(fd) as sock:
             if sock.type != socket.SOCK_DGRAM:
                 raise ValueError("a UDP client needs a datagram socket")
@@ -154,12 +147,9 @@ class UdpClientSession:
 
     # -- what callers read --
 
-    def stop(self) -> None:
-        """Make run() or collect() return within about 0.1 s (from any thread)."""
-        self._stop = True
-
-    def histogram(self) -> list[int]:
-        return list(self._hist)
+    @property
+    def messages(self) -> int:
+        return self.received
 
     def events(self) -> list[tuple[int, int, int, str]]:
         """What came since the last call (with ``trace``), oldest first."""
@@ -367,7 +357,6 @@ class UdpClientSession:
             self._highest = seq
         self.received += 1
         self._closed = False
-        self.messages = self.received
         self.bytes_received += len(data)
         self._record(rtt)
         if self._prev_transit is not None:  # RFC 3550, 6.4.1
@@ -387,13 +376,6 @@ class UdpClientSession:
     def _event(self, seq: int, rtt: int, ttl: int, kind: str) -> None:
         if self._trace and len(self._events) < UDP_TRACE:
             self._events.append((seq, rtt, ttl, kind))
-
-    def _record(self, lat: int) -> None:
-        self._hist[bucket_of(lat)] += 1
-        self.latency_sum_ns += lat
-        if self.latency_min_ns < 0 or lat < self.latency_min_ns:
-            self.latency_min_ns = lat
-        self.latency_max_ns = max(self.latency_max_ns, lat)
 
 
 # -- the server ---------------------------------------------------------------------------
