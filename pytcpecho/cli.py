@@ -67,6 +67,7 @@ from .constants import (
 from .contract import ContractError
 from .demo import run_demo
 from .output import fail as _fail
+from .output import finish_run, under_columns
 from .output import note as _note
 from .output import say as _say
 from .server import serving_core
@@ -732,19 +733,15 @@ def _bench(args: argparse.Namespace) -> int:
         gen = loadgen.LoadGenerator(bench)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
-    columns = [loadgen.COLUMNS]  # printed with the first line: after a --start-at wait
-
-    def on_interval(i: loadgen.Interval) -> None:
-        while columns:
-            _say(columns.pop())
-        _say(loadgen.interval_line(i))
-
     if not args.json:
         _say(loadgen.header(bench, gen.core.NAME))
+    on_interval = None if args.json else under_columns(loadgen.COLUMNS, loadgen.interval_line)
     with contextlib.ExitStack() as beside:
         if args.metrics_port is not None:
             beside.enter_context(_bench_metrics(gen, args))
-        return _bench_run(args, gen, on_interval)
+        return finish_run(args.prog, args.json,
+                          lambda: gen.run(on_interval, _note if args.json else _say),
+                          loadgen.summary_lines)
 
 
 def _bench_metrics(gen: loadgen.LoadGenerator,
@@ -759,25 +756,6 @@ def _bench_metrics(gen: loadgen.LoadGenerator,
     collector = benchmetrics.BenchCollector(live, format_hostport(c.host, c.port), c.size,
                                             "connect-each" if c.connect_each else c.mode)
     return benchmetrics.serve("", args.metrics_port, collector)
-
-
-def _bench_run(args: argparse.Namespace, gen: loadgen.LoadGenerator,
-               on_interval: Callable[[loadgen.Interval], None]) -> int:
-    status = EXIT_INTERRUPTED
-    try:
-        result = gen.run(None if args.json else on_interval, _note if args.json else _say)
-    except loadgen.NoConnection as exc:
-        return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
-    except loadgen.Interrupted as stopped:  # Ctrl-C: what was measured, as ping does
-        result = stopped.result
-    else:
-        status = EXIT_OK if result.ok else EXIT_NOT_INTACT
-    if args.json:
-        _say(json.dumps(result.as_dict(), indent=2))
-    else:
-        for line in loadgen.summary_lines(result):
-            _say(line)
-    return status
 
 
 # -- merge ----------------------------------------------------------------------

@@ -40,6 +40,7 @@ from .constants import (
 )
 from .contract import ClientGroup, ConnectEachSession, Core
 from .histogram import Histogram, LatencyStats, summarize
+from .output import RunInterrupted, RunUnreachable
 from .pattern import make_base
 from .sockets import (
     open_fds,
@@ -194,16 +195,12 @@ def result_stamp(started_at: float, elapsed: float, histogram: Histogram) -> dic
             "histogram": histogram.to_json()}
 
 
-class NoConnection(Exception):
+class NoConnection(RunUnreachable):
     """Not one connection could be made."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the run; ``result`` holds what it measured until then."""
-
-    def __init__(self, result: BenchResult) -> None:
-        super().__init__()
-        self.result = result
+class Interrupted(RunInterrupted):
+    """Ctrl-C stopped the run; ``result`` (a BenchResult) holds what it measured."""
 
 
 FD_RESERVE = 16

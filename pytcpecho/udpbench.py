@@ -33,6 +33,7 @@ from .constants import (
 )
 from .contract import UdpClientSession
 from .histogram import LatencyStats, summarize
+from .output import RunInterrupted, RunUnreachable
 from .pattern import make_base
 from .udpclient import UdpEchoError, check_size, connect
 from .units import check_seconds, format_hostport, parse_port, plural
@@ -178,14 +179,12 @@ class UdpBenchResult:
         }
 
 
-class Unreachable(Exception):
+class Unreachable(RunUnreachable):
     """The target cannot be reached at all: no such host, no route, nothing echoed."""
 
 
-class Interrupted(KeyboardInterrupt):
-    def __init__(self, result: UdpBenchResult) -> None:
-        super().__init__()
-        self.result = result
+class Interrupted(RunInterrupted):
+    """Ctrl-C stopped the run; ``result`` (a UdpBenchResult) holds what it measured."""
 
 
 @dataclass

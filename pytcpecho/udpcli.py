@@ -9,6 +9,7 @@ import json
 from . import udpbench
 from .constants import BENCH_DURATION, BENCH_SIZE, BENCH_UDP_SIZE, PING_UDP_INTERVAL
 from .output import fail as _fail
+from .output import finish_run, under_columns
 from .output import note as _note
 from .output import say as _say
 from .starttime import wait_until
@@ -109,29 +110,9 @@ def bench(args: argparse.Namespace) -> int:
     quiet = args.json
     if not quiet:
         _say(udpbench.header(config, gen.core.NAME))
-    printed = [False]
-
-    def on_interval(i: udpbench.UdpInterval) -> None:
-        if not printed[0]:
-            _say(udpbench.COLUMNS)
-            printed[0] = True
-        _say(udpbench.interval_line(i))
-
-    status = EXIT_INTERRUPTED
     if args.start_at is not None:
         wait_until(args.start_at, _note if quiet else _say)
-    try:
-        result = gen.run(None if quiet else on_interval,
-                         None if quiet else lambda r, loss: _say(udpbench.step_line(r, loss)))
-    except udpbench.Unreachable as exc:
-        return _fail(args.prog, str(exc), EXIT_UNREACHABLE)
-    except udpbench.Interrupted as stopped:
-        result = stopped.result
-    else:
-        status = EXIT_OK if result.ok else EXIT_NOT_INTACT
-    if args.json:
-        _say(json.dumps(result.as_dict(), indent=2))
-    else:
-        for line in udpbench.summary_lines(result):
-            _say(line)
-    return status
+    on_interval = None if quiet else under_columns(udpbench.COLUMNS, udpbench.interval_line)
+    on_step = None if quiet else lambda r, loss: _say(udpbench.step_line(r, loss))
+    return finish_run(args.prog, quiet, lambda: gen.run(on_interval, on_step),
+                      udpbench.summary_lines)
