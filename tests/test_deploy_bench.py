@@ -28,12 +28,12 @@ from mesh_lab import FETCH, wait_until
 from netns import Lab, lab
 from prometheus_client.parser import text_string_to_metric_families
 from recipes import ROOT, Stage, dockerfile, local_command, local_env
-from support import assert_one_line_error, cli, require, running_server, unused_port
+from support import assert_one_line_error, cli, require, running_server
 from test_container import kube_check
 from test_deploy_mesh import (
     get_json,
-    need_debian_tool,
     pod_targets,
+    prometheus_on,
     with_file_discovery,
 )
 
@@ -210,30 +210,19 @@ def test_the_scrape_job_finds_the_bench_pods(job: dict[str, Any], tmp_path: Path
                + pod_targets("pytcpecho-bench-1-q9w4z", "10.0.2.6", annotations,
                              phase="Succeeded", ports=(port,), labels=labels))
     config = with_file_discovery(tmp_path, targets)
-    listen = f"127.0.0.1:{unused_port()}"
-    proc = subprocess.Popen(
-        [need_debian_tool("prometheus", "prometheus"), f"--config.file={config}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address={listen}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with prometheus_on(config, tmp_path) as (api, proc):
 
-    def found() -> dict[str, Any]:
-        assert proc.poll() is None, "prometheus exited"
-        try:
-            data: dict[str, Any] = get_json(f"http://{listen}/api/v1/targets")["data"]
-        except OSError:
-            return {"activeTargets": [], "droppedTargets": []}
-        return data
+        def found() -> dict[str, Any]:
+            assert proc.poll() is None, "prometheus exited"
+            try:
+                data: dict[str, Any] = get_json(f"{api}/targets")["data"]
+            except OSError:
+                return {"activeTargets": [], "droppedTargets": []}
+            return data
 
-    try:  # the scrape manager applies discovered targets every 5 s
+        # the scrape manager applies discovered targets every 5 s
         seen = wait_until("the bench pod's target", found, 40,
                           until=lambda d: d["activeTargets"], every=0.2)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
     # Their own job, every 2 s (the mesh job leaves them to it), a running pod only.
     assert [(t["scrapeUrl"], t["labels"]["pod"], t["labels"]["job"], t["scrapeInterval"])
             for t in seen["activeTargets"]] == [

@@ -9,12 +9,14 @@ discovery would give it for the DaemonSet's pods.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,26 @@ def get_json(url: str) -> Any:
         return json.load(response)
 
 
+@contextlib.contextmanager
+def prometheus_on(config: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A real prometheus running ``config`` (in tmp_path): its API's base URL and its
+    process (stderr piped); stopped at the end."""
+    port = unused_port()
+    proc = subprocess.Popen(
+        [need_debian_tool("prometheus", "prometheus"), f"--config.file={config}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1", proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @pytest.mark.timeout(60)
 def test_scrape_job_finds_the_mesh_pods(tmp_path: Path) -> None:
     """The DaemonSet's annotations select its pods, one target each (not one per port),
@@ -203,13 +225,7 @@ def test_scrape_job_finds_the_mesh_pods(tmp_path: Path) -> None:
                + pod_targets("pytcpecho-c", "10.0.1.6", {}, ports=(8000,))
                + pod_targets("pytcpecho-mesh-d", "10.0.1.7", annotations, phase="Failed"))
     config = with_file_discovery(tmp_path, targets)
-    port = unused_port()
-    proc = subprocess.Popen(
-        [need_debian_tool("prometheus", "prometheus"), f"--config.file={config}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    api = f"http://127.0.0.1:{port}/api/v1"
-    try:
+    with prometheus_on(config, tmp_path) as (api, proc):
         deadline = time.monotonic() + 40
         while True:  # the scrape manager applies discovered targets every 5 s
             assert proc.poll() is None, proc.communicate()[1]
@@ -221,16 +237,9 @@ def test_scrape_job_finds_the_mesh_pods(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         rules = get_json(f"{api}/rules")["data"]["groups"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        stderr = proc.stderr.read() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
     active = sorted(found["activeTargets"], key=lambda t: t["scrapeUrl"])
     assert [t["scrapeUrl"] for t in active] == ["http://10.0.1.5:9862/metrics",
                                                  "http://[fd00::7]:9862/metrics"], stderr
